@@ -1,0 +1,158 @@
+"""Typed configuration for gen3c_dist.
+
+Plain dataclasses, importable without Hydra. ``register_configs()`` puts them in Hydra's ConfigStore; only
+entry points call it. Every function receives the sub-config it needs, never the whole tree.
+
+Model field names follow the official ``VideoExtendGeneralDIT`` constructor one to one, so an official config
+dict maps onto :class:`ModelConfig` with :meth:`ModelConfig.from_official`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+LATENT_CHANNELS = 16
+
+# Official constructor arguments that GEN3C fixes; ``from_official`` accepts them only with these values.
+_FIXED_OFFICIAL_VALUES: dict[str, Any] = {
+    "concat_padding_mask": True,
+    "block_config": "FA-CA-MLP",
+    "block_x_format": "THWBD",
+    "use_cross_attn_mask": False,
+    "pos_emb_cls": "rope3d",
+    "pos_emb_learnable": False,
+    "pos_emb_interpolation": "crop",
+    "affline_emb_norm": True,
+    "use_adaln_lora": True,
+    "extra_per_block_abs_pos_emb": True,
+    "extra_per_block_abs_pos_emb_type": "learnable",
+    "add_augment_sigma_embedding": False,
+}
+# Accepted and ignored: the learnable absolute embedding never reads its extrapolation ratios (spec section 2.1).
+_IGNORED_OFFICIAL_KEYS = ("extra_h_extrapolation_ratio", "extra_w_extrapolation_ratio", "extra_t_extrapolation_ratio")
+
+
+@dataclass
+class ModelConfig:
+    """GEN3C DiT architecture (spec section 2.1). Names are the official constructor arguments."""
+
+    model_channels: int = 4096
+    num_blocks: int = 28
+    num_heads: int = 32
+    crossattn_emb_channels: int = 1024
+    adaln_lora_dim: int = 256
+    patch_spatial: int = 2
+    patch_temporal: int = 1
+    in_channels: int = 81  # 16 latent + 1 condition mask + 32 per frame buffer; the padding mask adds one more
+    out_channels: int = 16
+    max_img_h: int = 240  # latent units; the learnable pos-emb table has max_img_h // patch_spatial rows
+    max_img_w: int = 240
+    max_frames: int = 128
+    mlp_ratio: float = 4.0
+    rope_h_extrapolation_ratio: float = 1.0
+    rope_w_extrapolation_ratio: float = 1.0
+    rope_t_extrapolation_ratio: float = 2.0
+    frame_buffer_max: int = 2
+
+    def __post_init__(self) -> None:
+        expected_in = LATENT_CHANNELS + 1 + 2 * LATENT_CHANNELS * self.frame_buffer_max
+        if self.in_channels != expected_in:
+            raise ValueError(
+                f"model.in_channels={self.in_channels} does not match model.frame_buffer_max={self.frame_buffer_max}: "
+                f"GEN3C needs 16 + 1 + 32*frame_buffer_max = {expected_in}"
+            )
+        if self.model_channels % self.num_heads:
+            raise ValueError(f"model.model_channels={self.model_channels} is not divisible by num_heads={self.num_heads}")
+        if self.head_dim % 2 or (self.head_dim // 6 * 2) % 2 or (self.head_dim - 2 * (self.head_dim // 6 * 2)) % 2:
+            raise ValueError(f"head dim {self.head_dim} cannot be split into even t/h/w RoPE parts")
+        if self.out_channels != LATENT_CHANNELS:
+            raise ValueError(f"model.out_channels must be {LATENT_CHANNELS} (the tokenizer's latent channels)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_channels // self.num_heads
+
+    @property
+    def patch_in_features(self) -> int:
+        """Features per patch into the embedder: (in_channels + padding mask) * pt * ps * ps."""
+        return (self.in_channels + 1) * self.patch_temporal * self.patch_spatial**2
+
+    @property
+    def patch_out_features(self) -> int:
+        return self.out_channels * self.patch_temporal * self.patch_spatial**2
+
+    @classmethod
+    def from_official(cls, official: dict[str, Any]) -> "ModelConfig":
+        """Build from an official ``VideoExtendGeneralDIT`` argument dict (plus ``frame_buffer_max``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in official.items():
+            if key in names:
+                kwargs[key] = value
+            elif key in _FIXED_OFFICIAL_VALUES:
+                if value != _FIXED_OFFICIAL_VALUES[key]:
+                    raise ValueError(f"official config {key}={value!r} is not supported; GEN3C uses {_FIXED_OFFICIAL_VALUES[key]!r}")
+            elif key not in _IGNORED_OFFICIAL_KEYS:
+                raise ValueError(f"official config key {key!r} is unknown to gen3c_dist.ModelConfig")
+        if "frame_buffer_max" not in kwargs and "in_channels" in kwargs:
+            kwargs["frame_buffer_max"] = (kwargs["in_channels"] - LATENT_CHANNELS - 1) // (2 * LATENT_CHANNELS)
+        return cls(**kwargs)
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # The released GEN3C-Cosmos-7B network: 7,237,257,216 parameters.
+    "gen3c_cosmos_7b": ModelConfig(),
+    # Random-weight model for CPU tests and the demo; its frames are not meaningful.
+    "tiny": ModelConfig(
+        model_channels=128, num_blocks=2, num_heads=4, crossattn_emb_channels=64, adaln_lora_dim=32,
+    ),
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return dataclasses.replace(MODEL_PRESETS[name])
+
+
+@dataclass
+class CheckpointConfig:
+    """Where weights come from. Nothing is downloaded at run time: every path is local."""
+
+    dit: Optional[str] = None  # official model.pt, a safetensors file/index, or a `gen3c_dist.convert` folder
+    tokenizer_dir: Optional[str] = None  # Cosmos-Tokenize1-CV8x8x8-720p: encoder.jit, decoder.jit, mean_std.pt
+    t5_dir: Optional[str] = None  # google-t5/t5-11b saved with transformers
+    moge: Optional[str] = None  # MoGe v1 (Ruicheng/moge-vitl) model.pt
+    random_init_seed: int = 0  # used only when a path above is None and the preset allows random weights
+
+
+@dataclass
+class DistributedConfig:
+    """How the process group is created (context-parallel layout lives in ParallelConfig)."""
+
+    backend: str = "auto"  # auto: nccl when CUDA is available, else gloo
+    timeout_s: float = 600.0  # every collective gives up after this long instead of hanging
+
+
+@dataclass
+class ParallelConfig:
+    """Layout of the ranks: data-parallel groups x cfg axis x context-parallel (Ulysses x ring).
+
+    The data-parallel degree is what is left of the world size: world = data * cfg * ulysses * ring.
+    Owned by gen3c_dist.parallel (validated there against the world size).
+    """
+
+    ulysses: int = 1  # Ulysses degree: all-to-all from sequence shards to head shards
+    ring: int = 1  # ring degree: K/V blocks passed around the ring
+    cfg: int = 1  # 2 runs the cond and uncond passes of each step on different ranks
+    attention: str = "native"  # native | deepspeed (Ulysses via DeepSpeed) | transformer_engine (CUDA only)
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (entry points only)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(group="model", name="schema_model", node=ModelConfig)
