@@ -1,0 +1,225 @@
+"""The GEN3C 3D cache: buffered RGB point clouds rendered into target cameras (spec sections 1.6, 1.7, 7.2-7.6).
+
+Equivalent to the official ``Cache3D_Buffer`` for single-image generation. Buffers are kept newest first; the
+first frame stays in the last slot once the cache is full. Everything is float32 on the device of the input image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from gen3c_dist.geometry.depth_align import AlignmentConfig, align_depth
+from gen3c_dist.geometry.warp import forward_warp, reliable_depth_mask, unproject_points
+
+INIT_DEPTH_MAX = 100.0  # sky / invalid depth on the input frame
+UPDATE_DEPTH_MAX = 1e4  # generated frames: not clamped to 100 (official quirk, spec section 10 item 7)
+BOUNDARY_RATIO = 0.05  # foreground-masking edge threshold, independent of filter_points_threshold
+WARP_PAIR = 2  # the official render warps 2 images per call, each call with its own z-buffer max
+
+
+@dataclass
+class DepthAlignmentReport:
+    """The stages of aligning a new frame's depth to the cache (all [H, W])."""
+
+    render_depth: torch.Tensor  # cache depth rendered at the new camera, buffer 0
+    render_mask: torch.Tensor  # bool
+    rigid_depth: torch.Tensor
+    aligned_depth: torch.Tensor
+
+
+def _check_frame(
+    image_B3HW: torch.Tensor, depth_B1HW: torch.Tensor, w2c_B44: torch.Tensor, K_B33: torch.Tensor
+) -> None:
+    if image_B3HW.dim() != 4 or image_B3HW.shape[1] != 3:
+        raise ValueError(f"image: expected shape [B, 3, H, W], got {list(image_B3HW.shape)}")
+    B, _, H, W = image_B3HW.shape
+    expected = (("depth", depth_B1HW, (B, 1, H, W)), ("w2c", w2c_B44, (B, 4, 4)), ("K", K_B33, (B, 3, 3)))
+    for name, tensor, shape in expected:
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name}: expected shape {list(shape)} to match the image, got {list(tensor.shape)}")
+
+
+class Cache3D:
+    """Point-cloud buffers of RGB-D frames, rendered by forward warping.
+
+    Storage: ``images`` [B, N, 3, H, W], ``points`` [B, N, H, W, 3] (world), ``masks`` [B, N, 1, H, W] bool or
+    None (no depth-edge filter), ``boundary`` [B, H, W] bool or None (no foreground masking). N grows to
+    ``frame_buffer_max``, newest first.
+    """
+
+    def __init__(
+        self,
+        image_B3HW: torch.Tensor,
+        depth_B1HW: torch.Tensor,
+        w2c_B44: torch.Tensor,
+        K_B33: torch.Tensor,
+        *,
+        generator: torch.Generator,
+        frame_buffer_max: int = 2,
+        filter_points_threshold: float = 1.0,
+        foreground_masking: bool = False,
+        noise_aug_strength: float = 0.0,
+        images_per_warp: int = 8,
+    ) -> None:
+        _check_frame(image_B3HW, depth_B1HW, w2c_B44, K_B33)
+        if frame_buffer_max < 1:
+            raise ValueError(f"frame_buffer_max: must be >= 1, got {frame_buffer_max}")
+        if not math.isfinite(noise_aug_strength) or noise_aug_strength < 0:
+            raise ValueError(f"noise_aug_strength: must be finite and >= 0, got {noise_aug_strength}")
+        if images_per_warp < WARP_PAIR or images_per_warp % WARP_PAIR:
+            raise ValueError(f"images_per_warp: must be a positive even number, got {images_per_warp}")
+        self.generator = generator
+        self.frame_buffer_max = frame_buffer_max
+        self.filter_points_threshold = float(filter_points_threshold)
+        self.noise_aug_strength = float(noise_aug_strength)
+        self.images_per_warp = images_per_warp
+        depth_B1HW = torch.clamp(torch.nan_to_num(depth_B1HW.float(), nan=INIT_DEPTH_MAX), 0, INIT_DEPTH_MAX)
+        self.images = image_B3HW.float()[:, None].clone()
+        self.points = unproject_points(depth_B1HW, w2c_B44.float(), K_B33.float())[:, None]
+        self.masks = self._point_mask(depth_B1HW)
+        if self.masks is not None:
+            self.masks = self.masks[:, None]
+        # Computed once from the input depth and reused for every later buffer (official quirk, spec section 1.6).
+        self.boundary = None
+        if foreground_masking:
+            self.boundary = ~reliable_depth_mask(depth_B1HW, ratio_thresh=BOUNDARY_RATIO)[:, 0]
+
+    @property
+    def filter_enabled(self) -> bool:
+        return self.filter_points_threshold < 1.0
+
+    @property
+    def num_buffers(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def _point_mask(self, depth_B1HW: torch.Tensor) -> Optional[torch.Tensor]:
+        """[B, 1, H, W] bool: points off depth edges (spec section 7.4), or None when the filter is off."""
+        if not self.filter_enabled:
+            return None
+        return reliable_depth_mask(depth_B1HW, ratio_thresh=self.filter_points_threshold)
+
+    def _warp_all(
+        self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, *, want_depth: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Warp every (batch, frame, buffer) triple, flattened frame-major, in official pairs of 2.
+
+        Each pair has its own z-buffer max (spec section 7.3). Several pairs share one vectorised call.
+        """
+        B, N, _, H, W = self.images.shape
+        if w2cs_BF44.dim() != 4 or w2cs_BF44.shape[0] != B or w2cs_BF44.shape[2:] != (4, 4):
+            raise ValueError(f"w2cs: expected shape [{B}, F, 4, 4], got {list(w2cs_BF44.shape)}")
+        num_frames = w2cs_BF44.shape[1]
+        if tuple(Ks_BF33.shape) != (B, num_frames, 3, 3):
+            raise ValueError(f"Ks: expected shape [{B}, {num_frames}, 3, 3], got {list(Ks_BF33.shape)}")
+        w2cs_BF44, Ks_BF33 = w2cs_BF44.to(self.device, torch.float32), Ks_BF33.to(self.device, torch.float32)
+        images, masks, depths = [], [], []
+        for start in range(0, B * num_frames * N, self.images_per_warp):
+            j = torch.arange(start, min(start + self.images_per_warp, B * num_frames * N), device=self.device)
+            b, f, n = j // (num_frames * N), (j // N) % num_frames, j % N
+            result = forward_warp(
+                self.images[b, n],
+                target_w2c_B44=w2cs_BF44[b, f],
+                target_K_B33=Ks_BF33[b, f],
+                world_points_BHW3=self.points[b, n],
+                valid_mask_B1HW=None if self.masks is None else self.masks[b, n],
+                render_depth=want_depth,
+                boundary_mask_BHW=None if self.boundary is None else self.boundary[b],
+                zmax_group_size=WARP_PAIR,
+            )
+            images.append(result.image)
+            masks.append(result.mask)
+            if want_depth:
+                depths.append(result.depth)
+        images_BFN3HW = torch.cat(images).view(B, num_frames, N, 3, H, W)
+        masks_BFN1HW = torch.cat(masks).view(B, num_frames, N, 1, H, W)
+        depth_BFNHW = torch.cat(depths).view(B, num_frames, N, H, W) if want_depth else None
+        return images_BFN3HW, masks_BFN1HW, depth_BFNHW
+
+    def render(self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warps [B, F, N, 3, H, W] (-1 where empty, plus warp noise) and masks [B, F, N, 1, H, W] (float 0/1).
+
+        Noise: ``randn(generator) * strength * (N - 1 - n)`` for buffer n (newest gets the most), drawn even at
+        strength 0 so the generator advances the same way (spec section 1.7). The generator must live on the
+        cache's device.
+        """
+        images_BFN3HW, masks_BFN1HW, _ = self._warp_all(w2cs_BF44, Ks_BF33, want_depth=False)
+        noise = torch.randn(images_BFN3HW.shape, generator=self.generator, device=self.device, dtype=torch.float32)
+        per_buffer_N = torch.arange(self.num_buffers - 1, -1, -1, device=self.device, dtype=torch.float32)
+        per_buffer_N = per_buffer_N * self.noise_aug_strength
+        return images_BFN3HW + noise * per_buffer_N.view(1, 1, -1, 1, 1, 1), masks_BFN1HW
+
+    def render_depth(self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Splatted target z-depth [B, F, N, H, W] (0 where empty) and masks [B, F, N, 1, H, W]; no noise."""
+        _, masks_BFN1HW, depth_BFNHW = self._warp_all(w2cs_BF44, Ks_BF33, want_depth=True)
+        return depth_BFNHW, masks_BFN1HW
+
+    def align_new_depth(
+        self,
+        depth_11HW: torch.Tensor,
+        w2c_144: torch.Tensor,
+        K_133: torch.Tensor,
+        *,
+        non_rigid: bool = True,
+        cfg: AlignmentConfig = AlignmentConfig(),
+    ) -> DepthAlignmentReport:
+        """Align a new frame's depth to the cache rendered at its camera (buffer 0); the cache is not changed."""
+        if self.images.shape[0] != 1 or tuple(depth_11HW.shape) != (1, 1, *self.images.shape[-2:]):
+            raise ValueError(f"depth: alignment needs batch 1 and shape [1, 1, H, W], got {list(depth_11HW.shape)}")
+        depth_11HW = torch.clamp(torch.nan_to_num(depth_11HW.float(), nan=UPDATE_DEPTH_MAX), 0, UPDATE_DEPTH_MAX)
+        render_BFNHW, mask_BFN1HW = self.render_depth(w2c_144[:, None], K_133[:, None])
+        render_HW, mask_HW = render_BFNHW[0, 0, 0], mask_BFN1HW[0, 0, 0, 0].bool()
+        aligned = align_depth(
+            depth_11HW[0, 0], render_HW, mask_HW, K_33=K_133[0].float(), w2c_44=w2c_144[0].float(),
+            non_rigid=non_rigid, cfg=cfg,
+        )
+        return DepthAlignmentReport(render_HW, mask_HW, aligned.rigid, aligned.final)
+
+    def update(
+        self,
+        image_B3HW: torch.Tensor,
+        depth_B1HW: torch.Tensor,
+        w2c_B44: torch.Tensor,
+        K_B33: torch.Tensor,
+        *,
+        depth_alignment: bool = True,
+        non_rigid: bool = True,
+        cfg: AlignmentConfig = AlignmentConfig(),
+    ) -> torch.Tensor:
+        """Insert a generated frame as buffer 0 and return the depth used for it, [B, 1, H, W].
+
+        Depth is sanitised with nan_to_num(1e4) and clamp(0, 1e4), then (by default) aligned to the cache. When
+        the cache is full, slot 0 is overwritten, so the input frame stays in the last slot (spec section 1.6).
+        """
+        _check_frame(image_B3HW, depth_B1HW, w2c_B44, K_B33)
+        if image_B3HW.shape[0] != self.images.shape[0] or image_B3HW.shape[-2:] != self.images.shape[-2:]:
+            raise ValueError(
+                f"image: shape {list(image_B3HW.shape)} does not match the cache {list(self.images.shape)}"
+            )
+        depth_B1HW = torch.clamp(torch.nan_to_num(depth_B1HW.float(), nan=UPDATE_DEPTH_MAX), 0, UPDATE_DEPTH_MAX)
+        if depth_alignment:
+            report = self.align_new_depth(depth_B1HW, w2c_B44, K_B33, non_rigid=non_rigid, cfg=cfg)
+            depth_B1HW = report.aligned_depth[None, None].to(self.device)
+        points_BHW3 = unproject_points(depth_B1HW, w2c_B44.float(), K_B33.float())
+        self._insert(image_B3HW.float(), points_BHW3, self._point_mask(depth_B1HW))
+        return depth_B1HW
+
+    def _insert(self, image_B3HW: torch.Tensor, points_BHW3: torch.Tensor, mask_B1HW: Optional[torch.Tensor]) -> None:
+        """Put a frame in slot 0: prepend while there is room, else overwrite the newest slot.
+
+        New tensors are built (no in-place writes), so views handed out earlier keep their values. With
+        frame_buffer_max == 1 the official code keeps the old frame's edge mask; we store the new frame's, which
+        is the one that matches the new points.
+        """
+        keep = slice(0, None) if self.num_buffers < self.frame_buffer_max else slice(1, None)
+        self.images = torch.cat([image_B3HW[:, None], self.images[:, keep]], dim=1)
+        self.points = torch.cat([points_BHW3[:, None], self.points[:, keep]], dim=1)
+        if self.masks is not None:
+            self.masks = torch.cat([mask_B1HW[:, None], self.masks[:, keep]], dim=1)
