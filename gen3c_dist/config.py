@@ -125,29 +125,137 @@ class CheckpointConfig:
     tokenizer_dir: Optional[str] = None  # Cosmos-Tokenize1-CV8x8x8-720p: encoder.jit, decoder.jit, mean_std.pt
     t5_dir: Optional[str] = None  # google-t5/t5-11b saved with transformers
     moge: Optional[str] = None  # MoGe v1 (Ruicheng/moge-vitl) model.pt
-    random_init_seed: int = 0  # used only when a path above is None and the preset allows random weights
+    # Seeded random weights for every model whose path above is unset: tests, the demo and timing sweeps.
+    # The frames such a run makes are not meaningful; a real run leaves this off and fails on a missing path.
+    random_weights: bool = False
+    random_seed: int = 0
 
 
 @dataclass
 class DistributedConfig:
     """How the process group is created (context-parallel layout lives in ParallelConfig)."""
 
-    backend: str = "auto"  # auto: nccl when CUDA is available, else gloo
+    backend: str = "auto"  # auto: nccl when CUDA is available, else gloo; or nccl | gloo explicitly
     timeout_s: float = 600.0  # every collective gives up after this long instead of hanging
+    fault_grace_s: float = 5.0  # after a failure, how long ranks wait for the store report / acknowledgements
 
 
 @dataclass
 class ParallelConfig:
     """Layout of the ranks: data-parallel groups x cfg axis x context-parallel (Ulysses x ring).
 
-    The data-parallel degree is what is left of the world size: world = data * cfg * ulysses * ring.
-    Owned by gen3c_dist.parallel (validated there against the world size).
+    world = data * cfg * ulysses * ring. Ranks are numbered data-major, Ulysses-minor, so a Ulysses group is
+    consecutive ranks (one node's NVLink) and the ring runs across them. Validated by gen3c_dist.parallel.layout.
     """
 
     ulysses: int = 1  # Ulysses degree: all-to-all from sequence shards to head shards
     ring: int = 1  # ring degree: K/V blocks passed around the ring
     cfg: int = 1  # 2 runs the cond and uncond passes of each step on different ranks
-    attention: str = "native"  # native | deepspeed (Ulysses via DeepSpeed) | transformer_engine (CUDA only)
+    data: int = 0  # data-parallel degree; 0 = whatever the world size leaves, world / (cfg * ulysses * ring)
+    # native: Ulysses/ring/hybrid from the degrees | ulysses, ring: the same kernels, but insist that degree is >= 2
+    # | deepspeed: DeepSpeed DistributedAttention (Ulysses only) | transformer_engine: TE context parallel (CUDA)
+    attention: str = "native"
+
+
+@dataclass
+class InputConfig:
+    """One video to generate (a batch JSONL line overrides these per line)."""
+
+    image: Optional[str] = None  # input image (PNG/JPEG); required
+    depth: Optional[str] = None  # depth file (.npz/.npy/16-bit .png) used instead of MoGe for the input image
+    depth_png_scale: Optional[float] = None  # depth units per PNG value; required for a 16-bit depth PNG
+    prompt: str = ""
+    negative_prompt: Optional[str] = None  # None: the official default negative prompt (spec 4.6)
+    num_frames: int = 121  # 120K + 1 (121, 241, 361, ...); chunks of 121 frames overlap by one
+    height: int = 704
+    width: int = 1280
+    fps: int = 24  # output fps; also rescales the temporal RoPE (spec 2.5)
+    seed: int = 1
+
+
+@dataclass
+class TrajectoryConfig:
+    type: str = "left"  # left right up down zoom_in zoom_out clockwise counterclockwise
+    rotation: str = "center_facing"  # center_facing no_rotation trajectory_aligned
+    distance: float = 0.3  # movement_distance
+    center_depth: float = 1.0  # fixed in the official script (spec 7.7, quirk 3)
+    file: Optional[str] = None  # JSON/npz of per-frame w2c [N,4,4] and intrinsics; replaces type/rotation
+
+
+@dataclass
+class CacheConfig:
+    filter_points_threshold: float = 0.05  # >= 1 disables the depth-edge filter (spec 7.4)
+    foreground_masking: bool = False
+    noise_aug_strength: float = 0.0
+    # Depth of each generated frame fed back into the cache: "moge" (official, aligned to the cache) or
+    # "cache_render" (the cache's own depth rendered at that camera, no depth model). The second exists for
+    # random-weight runs (demo, tests), whose frames carry no geometry a depth model could recover.
+    generated_frame_depth: str = "moge"
+
+
+@dataclass
+class TextConfig:
+    enabled: bool = True  # False: zero embeddings for prompt and negative prompt (official --disable_prompt_encoder)
+    cache_dir: Optional[str] = None  # on-disk cache of T5 embeddings keyed by model and prompt
+    max_length: int = 512
+
+
+@dataclass
+class TokenizerConfig:
+    preset: str = "cv8x8x8_720p"  # network shape; `tiny` for tests and the demo
+    backend: str = "native"  # native | torchscript (run encoder.jit/decoder.jit as they are)
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = 35
+    guidance: float = 1.0  # F = Fc + g (Fc - Fu); 1 is not "off" (spec 4.5)
+    guidance_policy: str = "official"  # or nonofficial_skip_uncond_at_guidance_1 (F = Fc at g = 1)
+    sigma_min: float = 0.0002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    condition_augment_sigma: float = 0.001
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "outputs"
+    name: str = "output"  # file stem; must stay inside dir
+    save_latents: bool = False  # final latents of every chunk as safetensors
+    save_buffer: bool = False  # also write <name>_cache.mp4: the cache renders side by side with the video
+    resume: bool = True  # continue a multi-chunk run from its last complete chunk; skip complete outputs
+
+
+@dataclass
+class BatchConfig:
+    jsonl: Optional[str] = None  # one JSON object per line: image, prompt, trajectory, distance, frames, seed, name
+    shard_index: int = 0  # this job's share of the lines: index % num_shards == shard_index
+    num_shards: int = 1
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto: cuda when available, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    offload: bool = False  # keep the tokenizer, T5 and MoGe off the GPU when not in use
+    progress: bool = True  # tqdm bar on rank 0
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 def register_configs() -> None:
@@ -155,4 +263,5 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    store.store(group="model", name="schema_model", node=ModelConfig)
+    store.store(name="run_schema", node=RunConfig)
+    store.store(group="model", name="model_schema", node=ModelConfig)

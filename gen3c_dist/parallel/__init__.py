@@ -1,0 +1,44 @@
+"""Multi-GPU execution of the GEN3C DiT: rank layout, context-parallel attention, cfg parallelism, faults.
+
+Runner sequence::
+
+    env = init_distributed(cfg.distributed)                       # torchrun / srun torchrun / plain python
+    layout = plan_layout(cfg.parallel, world_size=env.world_size, rank=env.rank,
+                         num_heads=model_cfg.num_heads, guidance_runs_both=True)   # before any weights load
+    layout = attach_process_groups(layout, timeout_s=env.timeout_s)
+    with fault_guard(env):
+        ...load model, broadcast_tensors(...) from layout.replica_lead...
+        forward_fn = make_cp_forward(model, layout, counter=counter)
+        F = guided_output(forward_fn, layout, x_scaled, t, cond_kwargs, uncond_kwargs, guidance, counter=counter)
+    shutdown_distributed(env)
+
+The model never imports this package; it only exposes the ``attn_op`` seam and its three phases.
+"""
+
+from gen3c_dist.parallel.broadcast import broadcast_tensors, spec_of
+from gen3c_dist.parallel.cfg_parallel import combine_guidance, guided_output
+from gen3c_dist.parallel.comm_counter import CommCounter
+from gen3c_dist.parallel.cp_forward import ForwardFn, make_cp_forward
+from gen3c_dist.parallel.distributed import DistEnv, init_distributed, shutdown_distributed
+from gen3c_dist.parallel.faults import RankFailedError, fault_guard
+from gen3c_dist.parallel.groups import ProcessGroups, attach_process_groups
+from gen3c_dist.parallel.layout import ParallelLayout, plan_layout
+
+__all__ = [
+    "CommCounter",
+    "DistEnv",
+    "ForwardFn",
+    "ParallelLayout",
+    "ProcessGroups",
+    "RankFailedError",
+    "attach_process_groups",
+    "broadcast_tensors",
+    "combine_guidance",
+    "fault_guard",
+    "guided_output",
+    "init_distributed",
+    "make_cp_forward",
+    "plan_layout",
+    "shutdown_distributed",
+    "spec_of",
+]

@@ -1,0 +1,38 @@
+"""Choose the context-parallel attention op for a layout: native (Ulysses/ring/hybrid), DeepSpeed or TE."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from gen3c_dist.config import ModelConfig
+from gen3c_dist.model.attention import AttentionOp
+from gen3c_dist.parallel.comm_counter import CommCounter
+from gen3c_dist.parallel.hybrid import HybridAttention
+from gen3c_dist.parallel.layout import ParallelLayout
+from gen3c_dist.parallel.sharding import TokenShard
+
+AttentionFactory = Callable[[TokenShard], AttentionOp]
+
+
+def attention_factory(
+    layout: ParallelLayout, *, model_cfg: ModelConfig, counter: CommCounter | None
+) -> AttentionFactory:
+    """Build the backend once (DeepSpeed/TE set up state); the factory binds it to each call's token shard."""
+
+    def native(shard: TokenShard) -> AttentionOp:
+        return HybridAttention(layout, shard, counter=counter)
+
+    if layout.attention in ("native", "ulysses", "ring"):
+        return native
+    if layout.attention == "deepspeed":
+        from gen3c_dist.parallel.optional_backends import DeepSpeedUlysses
+
+        return DeepSpeedUlysses(layout, counter=counter).bind
+    if layout.attention == "transformer_engine":
+        from gen3c_dist.parallel.optional_backends import TransformerEngineContextParallel
+
+        te = TransformerEngineContextParallel(
+            layout, num_heads=model_cfg.num_heads, head_dim=model_cfg.head_dim, fallback=native
+        )
+        return te.bind
+    raise ValueError(f"layout attention backend {layout.attention!r} is unknown")

@@ -1,0 +1,106 @@
+"""Process-group init and teardown: backend and device choice, ``env://`` rendezvous, collective timeout.
+
+``torchrun`` (and ``srun torchrun`` across nodes) sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT,
+which the ``env://`` init method reads. A bare ``srun`` (one task per GPU, no torchrun) is accepted too when
+MASTER_ADDR/MASTER_PORT are exported: the Slurm task ids stand in for the torchrun variables. A plain ``python``
+run (no RANK) is world size 1 and creates no process group at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+from typing import Mapping
+
+import torch
+import torch.distributed as dist
+
+from gen3c_dist.config import DistributedConfig
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "nccl", "gloo")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job. ``backend is None`` means a single process without a process group."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str | None
+    device: torch.device
+    timeout_s: float
+    fault_grace_s: float
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def resolve_backend(config: DistributedConfig) -> str:
+    """``auto`` is NCCL when CUDA is available, else gloo; an explicit NCCL without CUDA is an error."""
+    if config.backend not in BACKENDS:
+        raise ValueError(f"distributed.backend={config.backend!r} is unknown; choose one of {list(BACKENDS)}")
+    if config.backend == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if config.backend == "nccl" and not torch.cuda.is_available():
+        raise ValueError("distributed.backend='nccl' needs CUDA, and torch sees no GPU; use 'gloo' or 'auto'")
+    return config.backend
+
+
+def read_rank_env(environ: Mapping[str, str]) -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) from torchrun's variables, else from Slurm's; None for a plain run."""
+    if "RANK" in environ:
+        world = int(environ.get("WORLD_SIZE", "1"))
+        return int(environ["RANK"]), world, int(environ.get("LOCAL_RANK", "0"))
+    if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ:
+        if "MASTER_ADDR" not in environ or "MASTER_PORT" not in environ:
+            raise ValueError(
+                "running under srun with several tasks but without torchrun: export MASTER_ADDR and MASTER_PORT "
+                "(the first node's address and a free port), or launch with `srun torchrun ...`"
+            )
+        return int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"]), int(environ.get("SLURM_LOCALID", "0"))
+    return None
+
+
+def init_distributed(config: DistributedConfig, *, environ: Mapping[str, str] | None = None) -> DistEnv:
+    """Create the default process group (or nothing for a single plain process) and pick this rank's device."""
+    environ = os.environ if environ is None else environ
+    backend = resolve_backend(config)
+    ids = read_rank_env(environ)
+    if ids is None or ids[1] == 1:
+        rank, world, local_rank = ids if ids is not None else (0, 1, 0)
+        device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return DistEnv(rank, world, local_rank, None, device, config.timeout_s, config.fault_grace_s)
+    rank, world, local_rank = ids
+    if backend == "nccl":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPUs")
+        torch.cuda.set_device(local_rank)
+        # Without this the NCCL watchdog kills the process on a timeout before the fault guard can name the
+        # failed rank; CleanUpOnly (2) aborts the communicators and surfaces the error in the calling thread.
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(  # rank and world passed explicitly so the Slurm ids work; MASTER_* come from env
+        backend=backend,
+        init_method="env://",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=config.timeout_s),
+    )
+    log.info("rank %d/%d: %s process group on %s (timeout %.0f s)", rank, world, backend, device, config.timeout_s)
+    return DistEnv(rank, world, local_rank, backend, device, config.timeout_s, config.fault_grace_s)
+
+
+def shutdown_distributed(env: DistEnv) -> None:
+    """Destroy the default process group if :func:`init_distributed` created one (idempotent)."""
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,245 @@
+"""The rank layout: data-parallel replicas x cfg axis x context-parallel group (Ulysses inside, ring across).
+
+:func:`plan_layout` is a pure function of the config, the world size, the head count and whether guidance runs
+both passes, so every rank computes the same layout, or raises the same ``ValueError``, before any weights load.
+Process groups are attached afterwards by :func:`gen3c_dist.parallel.groups.attach_process_groups`; everything
+downstream takes the layout as an argument.
+
+Rank numbering (outermost first): data index, cfg index, ring index, Ulysses index, i.e.
+``rank = ((data_index * cfg + cfg_index) * ring + ring_index) * ulysses + ulysses_index``. The CP-local index
+``cp_index = ring_index * ulysses + ulysses_index`` is also the index of this rank's token shard, so a Ulysses
+group holds consecutive shards and a ring block is the concatenation of one Ulysses group's shards.
+
+Head count: Ulysses splits heads, so its degree must divide ``num_heads``. When it does not and the attention
+backend is ``native``, the layout keeps the same CP ranks and re-factors them as ``ulysses = gcd(ulysses,
+num_heads)`` with the rest as ring (a note explains it, logged by the caller); the explicit ``ulysses`` and
+``deepspeed`` backends raise instead. Re-factoring keeps every rank busy with no padded heads, and the token
+sharding does not change, only the attention communication pattern.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from typing import TYPE_CHECKING, Optional
+
+from gen3c_dist.config import ParallelConfig
+
+if TYPE_CHECKING:
+    from gen3c_dist.parallel.groups import ProcessGroups
+
+ATTENTION_BACKENDS = ("native", "ulysses", "ring", "deepspeed", "transformer_engine")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelLayout:
+    """Who does what. Degrees are the ones attention uses (after any head-count re-factoring)."""
+
+    world_size: int
+    rank: int
+    data: int
+    cfg: int
+    ulysses: int
+    ring: int
+    attention: str
+    note: str = ""  # non-empty when the requested Ulysses/ring split was re-factored for the head count
+    groups: Optional["ProcessGroups"] = dataclasses.field(default=None, compare=False, repr=False)
+
+    # ---- degrees and this rank's coordinates ------------------------------------------------------------
+    @property
+    def cp(self) -> int:
+        return self.ulysses * self.ring
+
+    @property
+    def replica_size(self) -> int:
+        return self.cfg * self.cp
+
+    @property
+    def cp_index(self) -> int:
+        return self.rank % self.cp
+
+    @property
+    def ulysses_index(self) -> int:
+        return self.cp_index % self.ulysses
+
+    @property
+    def ring_index(self) -> int:
+        return self.cp_index // self.ulysses
+
+    @property
+    def cfg_index(self) -> int:
+        """0 runs the conditional pass, 1 the unconditional one (with cfg == 2)."""
+        return (self.rank // self.cp) % self.cfg
+
+    @property
+    def data_index(self) -> int:
+        return self.rank // self.replica_size
+
+    # ---- rank sets (global ranks, ascending) ------------------------------------------------------------
+    def _rank_of(self, *, data_index: int, cfg_index: int, cp_index: int) -> int:
+        return (data_index * self.cfg + cfg_index) * self.cp + cp_index
+
+    @property
+    def replica_ranks(self) -> tuple[int, ...]:
+        """Every rank working on this rank's sample: the cfg x CP block of one data-parallel replica."""
+        start = self.data_index * self.replica_size
+        return tuple(range(start, start + self.replica_size))
+
+    @property
+    def cp_ranks(self) -> tuple[int, ...]:
+        start = self._rank_of(data_index=self.data_index, cfg_index=self.cfg_index, cp_index=0)
+        return tuple(range(start, start + self.cp))
+
+    @property
+    def cfg_ranks(self) -> tuple[int, ...]:
+        """The ranks holding the same token shard of the cond and uncond passes (the per-step exchange)."""
+        return tuple(
+            self._rank_of(data_index=self.data_index, cfg_index=g, cp_index=self.cp_index) for g in range(self.cfg)
+        )
+
+    @property
+    def ulysses_ranks(self) -> tuple[int, ...]:
+        start = self.cp_ranks[0] + self.ring_index * self.ulysses
+        return tuple(range(start, start + self.ulysses))
+
+    @property
+    def ring_ranks(self) -> tuple[int, ...]:
+        return tuple(self.cp_ranks[0] + r * self.ulysses + self.ulysses_index for r in range(self.ring))
+
+    # ---- leads ------------------------------------------------------------------------------------------
+    @property
+    def cp_lead(self) -> int:
+        """Lowest global rank of the CP group; it holds token shard 0."""
+        return self.cp_ranks[0]
+
+    @property
+    def replica_lead(self) -> int:
+        """Lowest rank of the replica (cfg index 0, CP index 0): it prepares inputs and broadcasts them."""
+        return self.replica_ranks[0]
+
+    @property
+    def is_replica_lead(self) -> bool:
+        """True on exactly one rank per data-parallel replica: the one that writes the output."""
+        return self.rank == self.replica_lead
+
+    def partitions(self, kind: str) -> list[tuple[int, ...]]:
+        """Every group of one kind across the whole world, in the same order on every rank (for new_group)."""
+        attribute = f"{kind}_ranks"
+        if kind not in ("replica", "cp", "cfg", "ulysses", "ring"):
+            raise ValueError(f"unknown group kind {kind!r}")
+        others = (dataclasses.replace(self, rank=r, groups=None) for r in range(self.world_size))
+        return sorted({getattr(o, attribute) for o in others})
+
+    def describe(self) -> str:
+        return (
+            f"world {self.world_size} = data {self.data} x cfg {self.cfg} x ulysses {self.ulysses} x ring {self.ring}"
+            f" (attention={self.attention})"
+        )
+
+
+def _check_degrees(config: ParallelConfig, *, world_size: int, num_heads: int) -> None:
+    for name in ("ulysses", "ring", "cfg"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"parallel.{name}={getattr(config, name)} is invalid: every degree must be >= 1")
+    if config.data < 0:
+        raise ValueError(f"parallel.data={config.data} is invalid: use >= 1, or 0 for 'whatever the world size leaves'")
+    if world_size < 1 or num_heads < 1:
+        raise ValueError(f"world size {world_size} and num_heads {num_heads} must both be >= 1")
+
+
+def _check_product(config: ParallelConfig, *, world_size: int) -> int:
+    """Returns the data-parallel degree."""
+    inner = config.cfg * config.ulysses * config.ring
+    degrees = f"{config.cfg} x {config.ulysses} x {config.ring}"
+    if config.data == 0:
+        if world_size % inner:
+            raise ValueError(
+                f"world size {world_size} is not a multiple of parallel cfg x ulysses x ring = {degrees} = {inner}; "
+                f"the data-parallel degree is world / (cfg x ulysses x ring), so choose degrees whose product "
+                f"divides {world_size}"
+            )
+        return world_size // inner
+    if config.data * inner != world_size:
+        raise ValueError(
+            f"parallel data x cfg x ulysses x ring = {config.data} x {degrees} = {config.data * inner} does not "
+            f"equal the world size {world_size}; change the degrees or set parallel.data=0 to derive it"
+        )
+    return config.data
+
+
+def _check_attention(config: ParallelConfig, *, num_heads: int) -> None:
+    name = config.attention
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"parallel.attention={name!r} is unknown; choose one of {list(ATTENTION_BACKENDS)}")
+    if name == "ring" and config.ring < 2:
+        raise ValueError(
+            f"parallel.attention='ring' was requested with parallel.ring={config.ring}: a ring over a group of 1 "
+            "rank passes nothing; set parallel.ring >= 2 or parallel.attention='native'"
+        )
+    if name in ("ulysses", "deepspeed") and config.ulysses < 2:
+        raise ValueError(
+            f"parallel.attention={name!r} was requested with parallel.ulysses={config.ulysses}: Ulysses over 1 rank "
+            "does nothing; set parallel.ulysses >= 2 or parallel.attention='native'"
+        )
+    if name in ("ulysses", "deepspeed") and num_heads % config.ulysses:
+        raise ValueError(
+            f"parallel.attention={name!r} needs num_heads={num_heads} divisible by parallel.ulysses={config.ulysses}; "
+            "use parallel.attention='native' to run the remainder as ring attention"
+        )
+    if name == "deepspeed" and config.ring != 1:
+        raise ValueError(f"parallel.attention='deepspeed' is Ulysses only, but parallel.ring={config.ring}; set ring=1")
+    if name == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError("parallel.attention='deepspeed' needs the deepspeed package (pip install '.[ds]')")
+    if name == "transformer_engine" and not _transformer_engine_usable():
+        raise ValueError(
+            "parallel.attention='transformer_engine' needs CUDA and an importable transformer_engine.pytorch; "
+            "use parallel.attention='native'"
+        )
+
+
+def _transformer_engine_usable() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
+
+
+def plan_layout(
+    config: ParallelConfig,
+    *,
+    world_size: int,
+    rank: int,
+    num_heads: int,
+    guidance_runs_both: bool,
+) -> ParallelLayout:
+    """Validate ``config`` against the world and return this rank's layout (no process groups yet).
+
+    ``guidance_runs_both`` says whether each step evaluates both the cond and the uncond pass (official GEN3C
+    always does); cfg=2 is impossible otherwise. Error messages never mention ``rank``, so all ranks agree.
+    """
+    _check_degrees(config, world_size=world_size, num_heads=num_heads)
+    if config.cfg > 2:
+        raise ValueError(
+            f"parallel.cfg={config.cfg} is invalid: the cfg axis splits the two guidance passes, so use 1 or 2"
+        )
+    if config.cfg == 2 and not guidance_runs_both:
+        raise ValueError(
+            "parallel.cfg=2 puts the cond and uncond passes on different ranks, but guidance here runs only the "
+            "conditional pass; set parallel.cfg=1"
+        )
+    _check_attention(config, num_heads=num_heads)
+    data = _check_product(config, world_size=world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside the world of size {world_size}")
+    ulysses, ring, note = config.ulysses, config.ring, ""
+    if num_heads % ulysses:
+        ulysses = math.gcd(config.ulysses, num_heads)
+        ring = config.ring * config.ulysses // ulysses
+        note = (
+            f"parallel.ulysses={config.ulysses} does not divide num_heads={num_heads}; running the same "
+            f"{config.ulysses * config.ring} context-parallel ranks as ulysses {ulysses} x ring {ring}"
+        )
+    return ParallelLayout(
+        world_size=world_size, rank=rank, data=data, cfg=config.cfg, ulysses=ulysses, ring=ring,
+        attention=config.attention, note=note,
+    )
