@@ -1,0 +1,136 @@
+"""The videos a run makes: one from the config, or one per line of a batch JSONL, each validated up front.
+
+Validation here is cheap (file headers, numbers, names) and runs identically on every rank before any model
+loads, so every rank reports the same message. A bad batch line is reported and skipped; the others run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from gen3c_dist.config import InputConfig, RunConfig, TrajectoryConfig
+from gen3c_dist.runner.outputs import resolve_output_stem
+
+CHUNK_FRAMES = 121  # the tokenizer's pixel chunk; consecutive chunks share one frame (spec 1.6)
+TRAJECTORY_TYPES = ("left", "right", "up", "down", "zoom_in", "zoom_out", "clockwise", "counterclockwise")
+ROTATIONS = ("center_facing", "no_rotation", "trajectory_aligned")
+
+# JSONL key -> (config section, field, accepted python types)
+BATCH_KEYS: dict[str, tuple[str, str, tuple[type, ...]]] = {
+    "image": ("input", "image", (str,)),
+    "depth": ("input", "depth", (str,)),
+    "prompt": ("input", "prompt", (str,)),
+    "negative_prompt": ("input", "negative_prompt", (str,)),
+    "frames": ("input", "num_frames", (int,)),
+    "seed": ("input", "seed", (int,)),
+    "trajectory": ("trajectory", "type", (str,)),
+    "rotation": ("trajectory", "rotation", (str,)),
+    "distance": ("trajectory", "distance", (int, float)),
+    "trajectory_file": ("trajectory", "file", (str,)),
+    "name": ("output", "name", (str,)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoJob:
+    index: int  # line number in the batch (0 for a single run)
+    name: str
+    input: InputConfig
+    trajectory: TrajectoryConfig
+
+    def stem(self, output_dir: str) -> Path:
+        return resolve_output_stem(output_dir, self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectedLine:
+    index: int
+    error: str
+
+
+def check_num_frames(n: int) -> int:
+    """Frame counts are 120K + 1; otherwise name the two nearest valid counts (spec 1.6). Returns K."""
+    step = CHUNK_FRAMES - 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < CHUNK_FRAMES or (n - 1) % step:
+        lower = max(1, (int(n) - 1) // step) * step + 1 if isinstance(n, (int, float)) else CHUNK_FRAMES
+        raise ValueError(f"input.num_frames={n!r} is not 120K+1; the nearest valid counts are {lower} and {lower + step}")
+    return (n - 1) // step
+
+
+def validate_job(job: VideoJob, *, output_dir: str, checks: list[Callable[[VideoJob], None]]) -> None:
+    """Raise one ValueError naming the input and the problem."""
+    if not job.input.image:
+        raise ValueError("input.image is not set: give the path of the input image")
+    if not Path(job.input.image).is_file():
+        raise ValueError(f"input.image {job.input.image}: no such file")
+    check_num_frames(job.input.num_frames)
+    job.stem(output_dir)
+    traj = job.trajectory
+    if traj.file is None:
+        if traj.type not in TRAJECTORY_TYPES:
+            raise ValueError(f"trajectory.type={traj.type!r} is not one of {', '.join(TRAJECTORY_TYPES)}")
+        if traj.rotation not in ROTATIONS:
+            raise ValueError(f"trajectory.rotation={traj.rotation!r} is not one of {', '.join(ROTATIONS)}")
+        if not (isinstance(traj.distance, (int, float)) and math.isfinite(traj.distance) and traj.distance > 0):
+            raise ValueError(f"trajectory.distance={traj.distance!r} must be a positive finite number")
+    for check in checks:
+        check(job)
+
+
+def single_job(cfg: RunConfig) -> VideoJob:
+    return VideoJob(index=0, name=cfg.output.name, input=cfg.input, trajectory=cfg.trajectory)
+
+
+def parse_batch_line(index: int, line: str, cfg: RunConfig) -> VideoJob:
+    """One JSONL line -> a job, with the run config as defaults; unknown keys and wrong types are errors."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"batch line {index + 1}: not valid JSON ({err.msg})") from err
+    if not isinstance(record, dict):
+        raise ValueError(f"batch line {index + 1}: expected a JSON object, got {type(record).__name__}")
+    unknown = sorted(set(record) - set(BATCH_KEYS))
+    if unknown:
+        raise ValueError(f"batch line {index + 1}: unknown keys {unknown}; accepted keys are {sorted(BATCH_KEYS)}")
+    sections: dict[str, dict[str, Any]] = {"input": {}, "trajectory": {}, "output": {}}
+    for key, value in record.items():
+        section, field, types = BATCH_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            wanted = " or ".join(t.__name__ for t in types)
+            raise ValueError(f"batch line {index + 1}: '{key}' must be {wanted}, got {type(value).__name__} {value!r}")
+        sections[section][field] = value
+    return VideoJob(
+        index=index,
+        name=sections["output"].get("name", str(index)),  # the official batch naming is the line index
+        input=dataclasses.replace(cfg.input, **sections["input"]),
+        trajectory=dataclasses.replace(cfg.trajectory, **sections["trajectory"]),
+    )
+
+
+def batch_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
+    """This shard's lines of ``batch.jsonl`` (index % num_shards == shard_index), parsed; bad lines rejected."""
+    batch = cfg.batch
+    if batch.num_shards < 1 or not 0 <= batch.shard_index < batch.num_shards:
+        raise ValueError(f"batch.shard_index={batch.shard_index} must be in [0, batch.num_shards={batch.num_shards})")
+    path = Path(batch.jsonl)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise ValueError(f"batch.jsonl {path}: cannot be read ({err.strerror or err})") from err
+    jobs, rejected = [], []
+    for index, line in enumerate(lines):
+        if not line.strip() or index % batch.num_shards != batch.shard_index:
+            continue
+        try:
+            jobs.append(parse_batch_line(index, line, cfg))
+        except ValueError as err:
+            rejected.append(RejectedLine(index, str(err)))
+    names = [job.name for job in jobs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"batch.jsonl {path}: output names used more than once: {duplicates}")
+    return jobs, rejected
