@@ -30,7 +30,7 @@ def test_demo_writes_video_preview_latents_and_record(tmp_path: Path):
     assert preview.shape == (121, 64, 192, 3)  # one buffer left of the video
     record = json.loads((tmp_path / "demo.json").read_text())
     assert record["frames"] == 121 and record["seed"] == 1 and record["random_weights"] is True
-    assert {"conditioning", "denoise", "decode", "write"} <= set(record["stages_s"])
+    assert {"conditioning", "encode", "denoise", "decode", "write"} <= set(record["stages_s"])
     assert len(record["steps_s"]) == 3 and record["versions"]["torch"] == torch.__version__
     assert record["config"]["sampler"]["steps"] == 3 and "world 1" in record["parallel_layout"]
     latents = load_file(str(tmp_path / "demo_latents.safetensors"))

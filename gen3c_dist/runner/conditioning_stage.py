@@ -28,6 +28,7 @@ from gen3c_dist.geometry.cache3d import Cache3D
 from gen3c_dist.geometry.camera import generate_trajectory, load_trajectory_file
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer
 from gen3c_dist.runner.jobs import CHUNK_FRAMES, VideoJob
+from gen3c_dist.runner.timing import StageTimer
 
 SPATIAL_COMPRESSION = 8
 TEMPORAL_COMPRESSION = 8
@@ -79,6 +80,7 @@ class VideoConditioner:
         text_cfg: TextConfig,
         checkpoints: CheckpointConfig,
         dtype: torch.dtype,
+        timer: Optional[StageTimer] = None,
     ) -> None:
         self.job, self.models, self.model_cfg, self.dtype = job, models, model_cfg, dtype
         self.cache_cfg, self.text_cfg, self.checkpoints = cache_cfg, text_cfg, checkpoints
@@ -87,6 +89,7 @@ class VideoConditioner:
         self.Ks_N33: Optional[torch.Tensor] = None
         self.text: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.last_warps: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # for the optional cache preview
+        self.timer = timer or StageTimer()
 
     # ---- chunk 0 ---------------------------------------------------------------------------------------------
     def input_depth(self) -> DepthEstimate:
@@ -160,25 +163,27 @@ class VideoConditioner:
 
     def chunk(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkConditioning:
         """The conditioning of chunk ``chunk_index``; ``last_frame_HW3`` is required for every chunk but the first."""
-        if chunk_index == 0:
-            self.start()
-        else:
-            if last_frame_HW3 is None:
-                raise ValueError("chunks after the first need the last decoded frame of the previous chunk")
-            self.update_with_frame(chunk_index, last_frame_HW3)
-        assert self.cache is not None and self.w2cs_N44 is not None and self.Ks_N33 is not None
-        first = chunk_index * (CHUNK_FRAMES - 1)
-        frames = slice(first, first + CHUNK_FRAMES)
-        device = self.cache.device
-        warps, masks = self.cache.render(self.w2cs_N44[frames][None].to(device), self.Ks_N33[frames][None].to(device))
-        self.last_warps = (warps, masks)
+        with self.timer.stage("conditioning"):  # depth, cache update and render, text
+            if chunk_index == 0:
+                self.start()
+            else:
+                if last_frame_HW3 is None:
+                    raise ValueError("chunks after the first need the last decoded frame of the previous chunk")
+                self.update_with_frame(chunk_index, last_frame_HW3)
+            assert self.cache is not None and self.w2cs_N44 is not None and self.Ks_N33 is not None
+            first = chunk_index * (CHUNK_FRAMES - 1)
+            frames = slice(first, first + CHUNK_FRAMES)
+            device = self.cache.device
+            warps, masks = self.cache.render(self.w2cs_N44[frames][None].to(device), self.Ks_N33[frames][None].to(device))
+            self.last_warps = (warps, masks)
+            text_cond, text_uncond = self.text_embeddings()
         tokenizer = self.models.tokenizer
-        if chunk_index == 0:
-            gt_latent = condition_latent_from_image(tokenizer, self.job.input.image, self.job.input.height, self.job.input.width)
-        else:
-            gt_latent = condition_latent_from_uint8_frame(tokenizer, last_frame_HW3.to(tokenizer.device))
-        pose = encode_warped_frames(tokenizer, warps.to(tokenizer.device), masks.to(tokenizer.device), self.model_cfg.frame_buffer_max)
-        text_cond, text_uncond = self.text_embeddings()
+        with self.timer.stage("encode"):  # the 1 + 2 * n_buf tokenizer encodes of the chunk
+            if chunk_index == 0:
+                gt_latent = condition_latent_from_image(tokenizer, self.job.input.image, self.job.input.height, self.job.input.width)
+            else:
+                gt_latent = condition_latent_from_uint8_frame(tokenizer, last_frame_HW3.to(tokenizer.device))
+            pose = encode_warped_frames(tokenizer, warps.to(tokenizer.device), masks.to(tokenizer.device), self.model_cfg.frame_buffer_max)
         return ChunkConditioning(
             gt_latent=gt_latent.to(self.dtype),
             pose=pose.to(self.dtype),

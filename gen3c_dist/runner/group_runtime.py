@@ -155,7 +155,7 @@ class Group:
         if self.is_lead:
             conditioner = VideoConditioner(
                 job, models=models.conditioning, model_cfg=cfg.model, cache_cfg=cfg.cache, text_cfg=cfg.text,
-                checkpoints=cfg.checkpoints, dtype=runtime.dtype,
+                checkpoints=cfg.checkpoints, dtype=runtime.dtype, timer=timer,
             )
         progress = _progress_bar(cfg, job, enabled=self.rank == 0 and cfg.runtime.progress)
         try:

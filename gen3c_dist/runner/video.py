@@ -140,8 +140,7 @@ def generate_video(
         cond = None
         if runtime.is_lead:
             last_frame = None if k == 0 else torch.from_numpy(lead.frames[-1][-1].copy())
-            with timer.stage("conditioning"):
-                cond = conditioner.chunk(k, last_frame)
+            cond = conditioner.chunk(k, last_frame)  # times its own "conditioning" and "encode" stages
         with timer.stage("broadcast"):
             cond = runtime.broadcast_conditioning(cond)
         timer.start_steps()
