@@ -237,7 +237,6 @@ class BatchConfig:
 class RuntimeConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
-    offload: bool = False  # keep the tokenizer, T5 and MoGe off the GPU when not in use
     progress: bool = True  # tqdm bar on rank 0
 
 
