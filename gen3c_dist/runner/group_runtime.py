@@ -59,7 +59,7 @@ class Group:
     # ---- agreement across ranks ---------------------------------------------------------------------------
     @property
     def is_lead(self) -> bool:
-        return self.layout.is_replica_lead if hasattr(self, "layout") else self.rank == 0
+        return self.layout.is_replica_lead
 
     def run_checked(self, fn: Callable[[], T]) -> T:
         """Run a check on every rank; if it fails on any rank, every rank raises the lowest failing rank's message."""

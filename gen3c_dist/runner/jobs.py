@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gen3c_dist.config import InputConfig, RunConfig, TrajectoryConfig
+from gen3c_dist.geometry.camera import CAMERA_ROTATIONS, TRAJECTORIES
 from gen3c_dist.runner.outputs import resolve_output_stem
 
 CHUNK_FRAMES = 121  # the tokenizer's pixel chunk; consecutive chunks share one frame (spec 1.6)
-TRAJECTORY_TYPES = ("left", "right", "up", "down", "zoom_in", "zoom_out", "clockwise", "counterclockwise")
-ROTATIONS = ("center_facing", "no_rotation", "trajectory_aligned")
+# The valid names are the geometry module's; this module only words the error in config-key terms.
+TRAJECTORY_TYPES = TRAJECTORIES
+ROTATIONS = tuple(CAMERA_ROTATIONS)
 
 # JSONL key -> (config section, field, accepted python types)
 BATCH_KEYS: dict[str, tuple[str, str, tuple[type, ...]]] = {
