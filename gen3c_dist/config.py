@@ -155,6 +155,9 @@ class ParallelConfig:
     # native: Ulysses/ring/hybrid from the degrees | ulysses, ring: the same kernels, but insist that degree is >= 2
     # | deepspeed: DeepSpeed DistributedAttention (Ulysses only) | transformer_engine: TE context parallel (CUDA)
     attention: str = "native"
+    # Tokenizer work of a replica: "group" spreads the chunk's encodes over its ranks and decodes sequence-
+    # parallel across them (equal to a single decode); "lead" runs all of it on the lead rank (official).
+    tokenizer: str = "group"
 
 
 @dataclass
@@ -238,6 +241,15 @@ class RuntimeConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
     progress: bool = True  # tqdm bar on rank 0
+    # Memory: move the tokenizer, MoGe and T5 to the CPU whenever they are not running (smaller GPUs).
+    offload: bool = False
+    # Overlap: load the DiT in a background thread while the lead computes chunk-0 conditioning, and write
+    # outputs in a background thread while the next chunk (or video) starts.
+    overlap: bool = True
+    # Single-device speed (CUDA only; "auto"/false on the CPU). See gen3c_dist/model/acceleration.py.
+    attention_kernel: str = "auto"  # auto | sdpa | sdpa_flash | sdpa_cudnn | sdpa_efficient | sdpa_math | flash_attn | te
+    compile: bool = False  # torch.compile every DiT block
+    cuda_graphs: bool = False  # capture the fixed-shape DiT forward in a CUDA graph and replay it each step
 
 
 @dataclass

@@ -63,6 +63,8 @@ def test_241_frames_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: P
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_session(demo_config(crashed, "input.num_frames=241", "output.save_latents=true"))
     assert (crashed / "demo.partial" / "state.safetensors").exists() and not (crashed / "demo.mp4").exists()
+    assert (crashed / "demo.partial" / "chunk0.safetensors").exists()  # one file per chunk, not a growing snapshot
+    assert not list(crashed.glob(".*tmp*"))  # the aborted mp4 streams left nothing behind
 
     monkeypatch.setattr(VideoConditioner, "chunk", original_chunk)
     assert run_session(demo_config(crashed, "input.num_frames=241", "output.save_latents=true")) == 0
@@ -158,6 +160,18 @@ def test_demo_under_torchrun_matches_single_process(tmp_path: Path, nproc: int, 
     assert ((a - b).abs().max() / a.abs().max()).item() < 1e-5
     record = json.loads((multi / "demo.json").read_text())
     assert f"world {nproc}" in record["parallel_layout"]
+    # Every rank's DiT traffic per step is in the record, and equals the layout's exact formula.
+    from gen3c_dist.config import ParallelConfig, model_preset
+    from gen3c_dist.parallel.comm_counter import expected_bytes_per_step
+    from gen3c_dist.parallel.layout import plan_layout
+
+    degrees = {k: record["layout"][k] for k in ("ulysses", "ring", "cfg")}
+    plan = plan_layout(ParallelConfig(**degrees), world_size=nproc, rank=0, num_heads=4, guidance_runs_both=True)
+    expected = expected_bytes_per_step(plan, model_cfg=model_preset("tiny"), latent_BCTHW=(1, 16, 16, 8, 12), element_size=4)
+    assert [line["rank"] for line in record["ranks"]] == list(range(nproc))
+    for line in record["ranks"]:
+        assert line["comm_bytes_per_step"] == expected and line["peak_memory_bytes"] > 0
+    assert record["tokens"] == 16 * 4 * 6 and record["world_size"] == nproc
 
 
 def test_torchrun_bad_layout_stops_every_rank_with_the_same_message(tmp_path: Path):

@@ -15,6 +15,7 @@ Official behaviour (spec sections 4.6 and 6): ``T5TokenizerFast`` + ``T5EncoderM
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -22,7 +23,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, ContextManager, Iterator, Optional, Union
 
 import torch
 
@@ -41,6 +42,8 @@ DEFAULT_NEGATIVE_PROMPT = (
     "unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. Overall, the video is of "
     "poor quality."
 )
+
+EncoderOpener = Callable[[], ContextManager["T5PromptEncoder"]]  # lends a T5 for one block of encodes
 
 _IDENTITY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
@@ -167,9 +170,20 @@ class EmbeddingCache:
                 os.remove(tmp)
 
 
+@contextlib.contextmanager
+def _fresh_encoder(t5_dir: str, device: Union[str, torch.device]) -> Iterator[T5PromptEncoder]:
+    """A T5 for one call, freed afterwards (the default when the caller keeps no encoder of its own)."""
+    encoder = T5PromptEncoder(t5_dir, device)
+    try:
+        yield encoder
+    finally:
+        del encoder
+
+
 def _encode_with_cache(texts: list[str], t5_dir: str, cache_dir: Optional[str], max_length: int,
-                       device: Union[str, torch.device]) -> dict[str, torch.Tensor]:
-    """Embeddings for ``texts``; T5 is constructed only if some text misses the cache."""
+                       device: Union[str, torch.device],
+                       open_encoder: Optional[EncoderOpener] = None) -> dict[str, torch.Tensor]:
+    """Embeddings for ``texts``; T5 is constructed (or ``open_encoder`` entered) only if some text misses the cache."""
     identity = t5_identity(t5_dir)
     cache = EmbeddingCache(cache_dir) if cache_dir else None
     found: dict[str, torch.Tensor] = {}
@@ -179,30 +193,32 @@ def _encode_with_cache(texts: list[str], t5_dir: str, cache_dir: Optional[str], 
             found[text] = hit
     missing = [text for text in dict.fromkeys(texts) if text not in found]
     if missing:
-        encoder = T5PromptEncoder(t5_dir, device)
-        for text in missing:
-            found[text] = encoder.encode(text, max_length)
-            if cache:
-                cache.save(identity, text, max_length, found[text])
-        del encoder
+        opener = open_encoder or (lambda: _fresh_encoder(t5_dir, device))
+        with opener() as encoder:
+            for text in missing:
+                found[text] = encoder.encode(text, max_length)
+                if cache:
+                    cache.save(identity, text, max_length, found[text])
     return {text: emb.to(device=device, dtype=torch.float32) for text, emb in found.items()}
 
 
 def encode_prompts(prompt: str, negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT, *,
                    t5_dir: Optional[str] = None, disable_prompt_encoder: bool = False,
                    cache_dir: Optional[str] = None, max_length: int = T5_MAX_LENGTH,
-                   embed_dim: int = T5_EMBED_DIM, device: Union[str, torch.device] = "cpu") -> PromptEmbeddings:
+                   embed_dim: int = T5_EMBED_DIM, device: Union[str, torch.device] = "cpu",
+                   open_encoder: Optional[EncoderOpener] = None) -> PromptEmbeddings:
     """Prompt and negative-prompt embeddings [1, max_length, embed_dim] float32 (see the module docstring).
 
     ``embed_dim`` is the DiT's cross-attention width: the size of the zeros when the encoder is off, and checked
-    against T5's d_model otherwise.
+    against T5's d_model otherwise. ``open_encoder`` lends a T5 the caller keeps between calls (the runner keeps
+    one per session, see ``gen3c_dist.runner.text_encoder``); without it a T5 is built for this call and freed.
     """
     if disable_prompt_encoder:
         zeros_1ld = torch.zeros(1, max_length, embed_dim, dtype=torch.float32, device=device)
         return PromptEmbeddings(prompt=zeros_1ld, negative=zeros_1ld.clone())
     folder = resolve_t5_dir(t5_dir)
     texts = [prompt, negative_prompt] if negative_prompt else [prompt]
-    embeddings = _encode_with_cache(texts, folder, cache_dir, max_length, device)
+    embeddings = _encode_with_cache(texts, folder, cache_dir, max_length, device, open_encoder)
     for emb_1ld in embeddings.values():
         if emb_1ld.shape != (1, max_length, embed_dim):
             raise ValueError(

@@ -113,10 +113,13 @@ def random_dit(config: ModelConfig, *, seed: int, device: torch.device | str = "
     """A DiT with seeded random weights (tiny preset, demo, benchmarks); the frames it makes are not meaningful.
 
     Every weight is drawn from a CPU generator, so the same seed gives the same model on any device.
-    Linear weights are N(0, 1/fan_in); norm weights 1; position tables N(0, 1).
+    Linear weights are N(0, 1/fan_in); norm weights 1; position tables N(0, 1). The model is built on the meta
+    device, so the global RNG is never touched: the runner builds it in a thread beside other seeded work.
     """
     generator = torch.Generator().manual_seed(seed)
-    model = GEN3CDiT(config)
+    with torch.device("meta"):
+        model = GEN3CDiT(config)
+    model = model.to_empty(device="cpu")
     for name, param in model.named_parameters():
         if param.ndim == 2 and "pos_emb" not in name:
             values = torch.randn(param.shape, generator=generator) / param.shape[1] ** 0.5

@@ -44,6 +44,18 @@ class CommCounter:
     def step_total(self, index: int) -> int:
         return sum(self._steps[index].values())
 
+    def mean_per_step(self, steps: int) -> dict[str, int]:
+        """Bytes per kind averaged over ``steps`` steps, closed or pending (the serial guidance path never closes)."""
+        totals: defaultdict[str, int] = defaultdict(int)
+        for step in self._steps + [dict(self._current)]:
+            for kind, nbytes in step.items():
+                totals[kind] += nbytes
+        return {kind: nbytes // max(steps, 1) for kind, nbytes in totals.items()}
+
+    def reset(self) -> None:
+        self._current = defaultdict(int)
+        self._steps = []
+
 
 def expected_bytes_per_step(
     layout: "ParallelLayout", *, model_cfg: "ModelConfig", latent_BCTHW: tuple[int, ...], element_size: int

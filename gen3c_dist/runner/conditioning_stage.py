@@ -28,6 +28,8 @@ from gen3c_dist.geometry.cache3d import Cache3D
 from gen3c_dist.geometry.camera import generate_trajectory, load_trajectory_file
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer
 from gen3c_dist.runner.jobs import CHUNK_FRAMES, VideoJob
+from gen3c_dist.runner.offload import DeviceSwap
+from gen3c_dist.runner.text_encoder import SessionTextEncoder
 from gen3c_dist.runner.timing import StageTimer
 
 SPATIAL_COMPRESSION = 8
@@ -61,10 +63,12 @@ def conditioning_shapes(model: ModelConfig, *, height: int, width: int, text_len
 
 @dataclasses.dataclass
 class ConditioningModels:
-    """Models that only the lead rank loads."""
+    """Models that only the lead rank loads, and where they live between uses."""
 
     tokenizer: VideoTokenizer  # needs the encoder (and the decoder, for the lead's decode)
     moge: Optional[Any]  # MoGe v1; None only when no chunk needs it (depth file and a single chunk)
+    swap: DeviceSwap = dataclasses.field(default_factory=lambda: DeviceSwap(torch.device("cpu"), offload=False))
+    text: Optional[SessionTextEncoder] = None  # the session's T5; None: a T5 per call (or text disabled)
 
 
 class VideoConditioner:
@@ -98,7 +102,8 @@ class VideoConditioner:
             return depth_from_file(inp.image, inp.depth, inp.height, inp.width, png_scale=inp.depth_png_scale)
         if self.models.moge is None:
             raise ValueError("no depth model is loaded and input.depth is not set: give checkpoints.moge or input.depth")
-        return estimate_input_image_depth(self.models.moge, inp.image, inp.height, inp.width)
+        with self.models.swap.use("moge", self.models.moge) as moge:
+            return estimate_input_image_depth(moge, inp.image, inp.height, inp.width)
 
     def start(self) -> None:
         """Depth, cache and the whole camera path (generated at full length, as the official script does)."""
@@ -140,6 +145,7 @@ class VideoConditioner:
                 cache_dir=self.text_cfg.cache_dir,
                 max_length=self.text_cfg.max_length,
                 embed_dim=self.model_cfg.crossattn_emb_channels,
+                open_encoder=None if self.models.text is None else self.models.text.open,
             )
             self.text = (embeddings.prompt.to(self.dtype), embeddings.negative.to(self.dtype))
         return self.text
@@ -157,7 +163,8 @@ class VideoConditioner:
             depth_BFNHW, _ = self.cache.render_depth(w2c_144[:, None], K_133[:, None])
             depth_11HW, align = depth_BFNHW[:, 0, :1], False  # newest buffer, already in the cache's frame
         else:
-            depth_11HW, _ = estimate_frame_depth(self.models.moge, img01_3HW)
+            with self.models.swap.use("moge", self.models.moge) as moge:
+                depth_11HW, _ = estimate_frame_depth(moge, img01_3HW)
             align = True
         self.cache.update((img01_3HW * 2 - 1)[None].to(device), depth_11HW.to(device), w2c_144, K_133, depth_alignment=align)
 
@@ -177,8 +184,8 @@ class VideoConditioner:
             warps, masks = self.cache.render(self.w2cs_N44[frames][None].to(device), self.Ks_N33[frames][None].to(device))
             self.last_warps = (warps, masks)
             text_cond, text_uncond = self.text_embeddings()
-        tokenizer = self.models.tokenizer
-        with self.timer.stage("encode"):  # the 1 + 2 * n_buf tokenizer encodes of the chunk
+        with self.timer.stage("encode"), self.models.swap.use_tokenizer(self.models.tokenizer, "encoder") as tokenizer:
+            # the 1 + 2 * n_buf tokenizer encodes of the chunk
             if chunk_index == 0:
                 gt_latent = condition_latent_from_image(tokenizer, self.job.input.image, self.job.input.height, self.job.input.width)
             else:

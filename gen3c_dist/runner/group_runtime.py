@@ -1,8 +1,10 @@
 """This process's part in the run: process group, layout, models, and the per-video runtime.
 
 A *replica* is the cfg x context-parallel block of ranks that makes one video together; its lowest rank is the
-lead. The lead alone loads the conditioning models, computes the conditioning, decodes and writes; the others
-receive the conditioning in one broadcast and take their share of every DiT forward.
+lead. The lead alone loads depth, text and (with ``parallel.tokenizer=lead``) the tokenizer, computes the
+conditioning and writes; the others take their share of every DiT forward (and, with ``parallel.tokenizer=group``,
+of the tokenizer's encodes and decode). The DiT loads in a background thread while the lead's conditioning runs
+(``runtime.overlap``), and outputs are written by a background writer while the next chunk or video starts.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ from typing import Any, Callable, Optional, TypeVar
 import torch
 
 from gen3c_dist.config import RunConfig
-from gen3c_dist.runner.conditioning_stage import ChunkConditioning, VideoConditioner, conditioning_shapes
+from gen3c_dist.parallel.comm_counter import CommCounter
+from gen3c_dist.runner.background import Background, BackgroundWriter, start_in_background
+from gen3c_dist.runner.chunk_steps import LeadChunkSteps, conditioning_broadcaster
+from gen3c_dist.runner.conditioning_stage import VideoConditioner
 from gen3c_dist.runner.jobs import VideoJob
+from gen3c_dist.runner.rank_report import dit_tokens, gather_rank_lines, rank_line
 from gen3c_dist.runner.timing import StageTimer
-from gen3c_dist.runner.video import GroupRuntime, generate_video, write_video_outputs
+from gen3c_dist.runner.video import GroupRuntime, generate_video
+from gen3c_dist.runner.video_outputs import VideoOutputs
 from gen3c_dist.sampling.guidance import OFFICIAL, serial_guided_fn
 
 logger = logging.getLogger("gen3c_dist")
@@ -30,36 +37,38 @@ T = TypeVar("T")
 class LoadedModels:
     runtime: GroupRuntime
     conditioning: Any  # ConditioningModels on the lead, None elsewhere
+    dit: Background  # the DiT (or its context-parallel forward), loading in the background
+    writer: BackgroundWriter
+    load_s: float  # seconds spent loading on the main thread (conditioning models)
 
 
 class Group:
     def __init__(self, cfg: RunConfig) -> None:
         from gen3c_dist.parallel.distributed import init_distributed
+        from gen3c_dist.parallel.groups import attach_process_groups
         from gen3c_dist.parallel.layout import plan_layout
 
         self.env = init_distributed(cfg.distributed)
         self.rank = self.env.rank
         guidance_runs_both = cfg.sampler.guidance_policy == OFFICIAL or cfg.sampler.guidance != 1.0
         self.layout = self.run_checked(
-            lambda: plan_layout(
-                cfg.parallel,
-                world_size=self.env.world_size,
-                rank=self.rank,
-                num_heads=cfg.model.num_heads,
-                guidance_runs_both=guidance_runs_both,
-            )
+            lambda: plan_layout(cfg.parallel, world_size=self.env.world_size, rank=self.rank,
+                                num_heads=cfg.model.num_heads, guidance_runs_both=guidance_runs_both)
         )
         if self.layout.note:
             logger.warning(self.layout.note)
-        from gen3c_dist.parallel.groups import attach_process_groups
-
         self.layout = attach_process_groups(self.layout, timeout_s=cfg.distributed.timeout_s)
         self.groups = self.layout.groups
+        self.counter = CommCounter()  # DiT traffic of this rank, reset per video
 
     # ---- agreement across ranks ---------------------------------------------------------------------------
     @property
     def is_lead(self) -> bool:
         return self.layout.is_replica_lead
+
+    @property
+    def replica_group(self):
+        return None if not self.env.distributed or self.layout.replica_size == 1 else self.groups.replica
 
     def run_checked(self, fn: Callable[[], T]) -> T:
         """Run a check on every rank; if it fails on any rank, every rank raises the lowest failing rank's message."""
@@ -84,88 +93,83 @@ class Group:
 
     def share_int(self, value: Optional[int]) -> int:
         """The replica lead's integer, on every rank of the replica."""
-        if not self.env.distributed or self.layout.replica_size == 1:
+        if self.replica_group is None:
             return int(value)  # type: ignore[arg-type]
         from gen3c_dist.parallel.broadcast import broadcast_int
 
-        return broadcast_int(value, group=self.groups.replica, src=self.layout.replica_lead, device=self.env.device)
+        return broadcast_int(value, group=self.replica_group, src=self.layout.replica_lead, device=self.env.device)
 
     def close(self) -> None:
         from gen3c_dist.parallel.distributed import shutdown_distributed
 
         shutdown_distributed(self.env)
 
-    # ---- models and videos --------------------------------------------------------------------------------
+    # ---- models ---------------------------------------------------------------------------------------------
     def load_models(self, cfg: RunConfig, jobs: list[VideoJob]) -> LoadedModels:
         from gen3c_dist.runner.models import load_conditioning_models, load_dit_for_run
         from gen3c_dist.runner.session import resolve_dtype
 
         device = self.env.device if cfg.runtime.device == "auto" else torch.device(cfg.runtime.device)
         dtype = resolve_dtype(cfg, device)
-        with torch.inference_mode():
-            model = load_dit_for_run(cfg, device=device, dtype=dtype)
+        # The DiT's file reads and copies overlap the lead's model loads and chunk-0 conditioning.
+        dit = start_in_background(lambda: self._forward_fn(load_dit_for_run(cfg, device=device, dtype=dtype)),
+                                  enabled=cfg.runtime.overlap)
+        start = time.perf_counter()
         conditioning = load_conditioning_models(cfg, jobs, device=device, dtype=dtype) if self.is_lead else None
         runtime = GroupRuntime(
-            is_lead=self.is_lead,
-            forward_fn=self._forward_fn(model),
-            guided_fn_builder=self._guided_fn_builder(),
-            broadcast_conditioning=self._conditioning_broadcaster(cfg, device, dtype),
-            share_int=self.share_int,
-            device=device,
-            dtype=dtype,
+            is_lead=self.is_lead, forward=dit.result, guided_fn_builder=self._guided_fn_builder(),
+            share_int=self.share_int, device=device, dtype=dtype,
         )
-        return LoadedModels(runtime=runtime, conditioning=conditioning)
+        writer = BackgroundWriter(enabled=cfg.runtime.overlap)
+        return LoadedModels(runtime, conditioning, dit, writer, load_s=time.perf_counter() - start)
 
     def _forward_fn(self, model) -> Callable:
         if self.layout.cp == 1:
             return model
         from gen3c_dist.parallel.cp_forward import make_cp_forward
 
-        return make_cp_forward(model, self.layout)
+        return make_cp_forward(model, self.layout, counter=self.counter)
 
     def _guided_fn_builder(self) -> Callable:
         if self.layout.cfg == 1:
             return serial_guided_fn
         from gen3c_dist.parallel.cfg_parallel import cfg_parallel_guided_fn
 
-        return functools.partial(cfg_parallel_guided_fn, layout=self.layout)
+        return functools.partial(cfg_parallel_guided_fn, layout=self.layout, counter=self.counter)
 
-    def _conditioning_broadcaster(self, cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Callable:
-        if not self.env.distributed or self.layout.replica_size == 1:
-            return lambda cond: cond
-        from gen3c_dist.parallel.broadcast import broadcast_tensors
+    def _chunk_steps(self, cfg: RunConfig, models: LoadedModels, conditioner: Optional[VideoConditioner], timer: StageTimer):
+        runtime, cond_models = models.runtime, models.conditioning
+        broadcast = conditioning_broadcaster(cfg, group=self.replica_group, src=self.layout.replica_lead,
+                                             size=self.layout.replica_size, device=runtime.device, dtype=runtime.dtype)
+        return LeadChunkSteps(
+            conditioner=conditioner, tokenizer=cond_models.tokenizer if cond_models else None,
+            swap=cond_models.swap if cond_models else None, broadcast=broadcast, timer=timer,
+        )
 
-        shapes = conditioning_shapes(cfg.model, height=cfg.input.height, width=cfg.input.width, text_length=cfg.text.max_length)
-        spec = {name: (shape, dtype) for name, shape in shapes.items()}
-
-        def broadcast(cond: Optional[ChunkConditioning]) -> ChunkConditioning:
-            tensors = broadcast_tensors(
-                None if cond is None else cond.as_dict(), spec, group=self.groups.replica, src=self.layout.replica_lead, device=device
-            )
-            return ChunkConditioning(**tensors)
-
-        return broadcast
-
+    # ---- videos ---------------------------------------------------------------------------------------------
     def run_video(self, cfg: RunConfig, job: VideoJob, models: LoadedModels, *, record_fn: Callable) -> Optional[str]:
         """Make one video; returns an error message for a failed single-process batch line, else None."""
         start = time.perf_counter()
-        timer = StageTimer()
-        runtime = models.runtime
-        conditioner = None
+        timer, runtime, writer = StageTimer(), models.runtime, models.writer
+        self.counter.reset()
+        conditioner = outputs = None
         if self.is_lead:
             conditioner = VideoConditioner(
                 job, models=models.conditioning, model_cfg=cfg.model, cache_cfg=cfg.cache, text_cfg=cfg.text,
                 checkpoints=cfg.checkpoints, dtype=runtime.dtype, timer=timer,
             )
+            outputs = VideoOutputs(job, cfg)
         progress = _progress_bar(cfg, job, enabled=self.rank == 0 and cfg.runtime.progress)
         try:
             with torch.inference_mode():
-                lead = generate_video(
-                    job, cfg=cfg, runtime=runtime, conditioner=conditioner,
-                    decode_uint8=models.conditioning.tokenizer.decode_to_uint8 if self.is_lead else None,
-                    timer=timer, on_step=lambda chunk, step: progress.update(1) if progress else None,
+                generate_video(
+                    job, cfg=cfg, runtime=runtime, steps=self._chunk_steps(cfg, models, conditioner, timer),
+                    conditioner=conditioner, outputs=outputs, writer=writer, timer=timer,
+                    on_step=lambda chunk, step: progress.update(1) if progress else None,
                 )
         except (ValueError, RuntimeError) as err:
+            if outputs is not None:
+                _abort(writer, outputs)
             if self.env.world_size > 1:
                 raise  # another rank may be inside a collective: the fault guard ends the job cleanly
             logger.error("%s failed: %s", job.name, err)
@@ -173,12 +177,40 @@ class Group:
         finally:
             if progress:
                 progress.close()
-        if self.is_lead:
-            record = record_fn(cfg, job, layout_text=self.layout.describe(), device=runtime.device, dtype=runtime.dtype,
-                               wall_s=time.perf_counter() - start)
-            path = write_video_outputs(job, lead, cfg=cfg, record=record, timer=timer)
-            logger.info("%s: wrote %s (%.1f s)", job.name, path, time.perf_counter() - start)
+        steps = len(timer.step_seconds)
+        lines = gather_rank_lines(rank_line(self.rank, runtime.device, self.counter, steps),
+                                  group=self.replica_group, size=self.layout.replica_size)
+        if outputs is not None:
+            extra = self._record_extra(cfg, models, lines)
+            writer_start = writer.busy_s
+
+            def record(frames: int) -> dict:
+                timer.seconds["write"] = writer.busy_s - writer_start
+                base = record_fn(cfg, job, layout_text=self.layout.describe(), device=runtime.device,
+                                 dtype=runtime.dtype, wall_s=time.perf_counter() - start)
+                return {**base, **timer.record(), **extra, "frames": frames}
+
+            writer.submit(lambda: logger.info("%s: wrote %s (%.1f s)", job.name, outputs.finish(record), time.perf_counter() - start))
         return None
+
+    def _record_extra(self, cfg: RunConfig, models: LoadedModels, lines: list[dict]) -> dict:
+        layout = self.layout
+        return {
+            "tokens": dit_tokens(cfg.model, height=cfg.input.height, width=cfg.input.width, latent_frames=16),
+            "world_size": self.env.world_size,
+            "layout": {"data": layout.data, "cfg": layout.cfg, "ulysses": layout.ulysses, "ring": layout.ring,
+                       "cp": layout.cp, "attention": layout.attention, "tokenizer": cfg.parallel.tokenizer},
+            "ranks": lines,
+            "load_s": {"conditioning_models": round(models.load_s, 4), "dit": round(models.dit.seconds, 4)},
+        }
+
+
+def _abort(writer: BackgroundWriter, outputs: VideoOutputs) -> None:
+    try:
+        writer.drain()
+    except Exception as err:  # the run already failed; the write error is secondary
+        logger.warning("a background write also failed: %s", err)
+    outputs.abort()
 
 
 def _progress_bar(cfg: RunConfig, job: VideoJob, *, enabled: bool):

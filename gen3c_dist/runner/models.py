@@ -21,6 +21,8 @@ from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer
 from gen3c_dist.model.weights import load_dit, random_dit
 from gen3c_dist.runner.conditioning_stage import ConditioningModels
 from gen3c_dist.runner.jobs import VideoJob, check_num_frames
+from gen3c_dist.runner.offload import DeviceSwap
+from gen3c_dist.runner.text_encoder import SessionTextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,12 @@ def load_depth_model(cfg: RunConfig, *, device: torch.device) -> Any:
 
 
 def load_conditioning_models(cfg: RunConfig, jobs: list[VideoJob], *, device: torch.device, dtype: torch.dtype) -> ConditioningModels:
-    """Lead rank only. MoGe stays in float32 (the official run uses fp16 autocast inside ``infer`` on the GPU)."""
-    moge: Optional[Any] = load_depth_model(cfg, device=device) if needs_moge(jobs, cfg.cache) else None
-    return ConditioningModels(tokenizer=load_tokenizer(cfg, device=device, dtype=dtype), moge=moge)
+    """Lead rank only. MoGe stays in float32 (the official run uses fp16 autocast inside ``infer`` on the GPU).
+
+    With ``runtime.offload`` the models load onto the CPU and visit ``device`` only while they run.
+    """
+    swap = DeviceSwap(device, offload=cfg.runtime.offload)
+    moge: Optional[Any] = load_depth_model(cfg, device=swap.home) if needs_moge(jobs, cfg.cache) else None
+    text = SessionTextEncoder(cfg.checkpoints.t5_dir, swap) if cfg.text.enabled else None
+    tokenizer = load_tokenizer(cfg, device=swap.home, dtype=dtype)
+    return ConditioningModels(tokenizer=tokenizer, moge=moge, swap=swap, text=text)

@@ -49,6 +49,50 @@ def write_mp4(final: Path, frames_THW3: np.ndarray, *, fps: int) -> None:
         )
 
 
+class Mp4Stream:
+    """An mp4 written chunk by chunk under a temporary name, renamed by :meth:`finish` (same settings as write_mp4).
+
+    Lets the frames of chunk k be encoded while chunk k+1 is denoised; :meth:`abort` removes the partial file.
+    """
+
+    def __init__(self, final: Path, *, fps: int) -> None:
+        self.final, self.fps = Path(final), fps
+        self.tmp = self.final.with_name(f".{self.final.stem}.tmp-{os.getpid()}{self.final.suffix}")
+        self._writer = None
+        self.frames = 0
+
+    def append(self, frames_THW3: np.ndarray) -> None:
+        if frames_THW3.dtype != np.uint8 or frames_THW3.ndim != 4 or frames_THW3.shape[-1] != 3:
+            raise ValueError(f"video frames must be uint8 [T, H, W, 3], got {frames_THW3.dtype} {frames_THW3.shape}")
+        if self._writer is None:
+            import imageio
+
+            height, width = frames_THW3.shape[1:3]
+            self._writer = imageio.get_writer(
+                self.tmp, format="mp4", fps=self.fps, quality=5, macro_block_size=1,
+                ffmpeg_params=["-s", f"{width}x{height}"], output_params=["-f", "mp4"],
+            )
+        for frame_HW3 in frames_THW3:
+            self._writer.append_data(frame_HW3)
+        self.frames += len(frames_THW3)
+
+    def finish(self) -> Path:
+        if self._writer is None:
+            raise ValueError(f"{self.final}: no frames were written")
+        self._writer.close()
+        self._writer = None
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
 def write_json(final: Path, record: dict) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))

@@ -148,16 +148,20 @@ def _run(cfg: RunConfig, group) -> int:
         logger.warning(TINY_MODEL_WARNING)
     failures = list(rejected)
     my_jobs = [job for i, job in enumerate(jobs) if i % group.layout.data == group.layout.data_index]
-    runtime = group.load_models(cfg, my_jobs)
-    for job in my_jobs:
-        if cfg.output.resume and group.share_int(int(is_complete(job, cfg)) if group.is_lead else None):
-            logger.info("%s: complete output exists, skipped", job.name)
-            continue
-        error = group.run_video(cfg, job, runtime, record_fn=run_record)
-        if error is not None:
-            failures.append(RejectedLine(job.index, f"{job.name}: {error}"))
-            if cfg.batch.jsonl is None:
-                raise RuntimeError(error)
+    models = group.load_models(cfg, my_jobs)
+    try:
+        for job in my_jobs:
+            if cfg.output.resume and group.share_int(int(is_complete(job, cfg)) if group.is_lead else None):
+                logger.info("%s: complete output exists, skipped", job.name)
+                continue
+            error = group.run_video(cfg, job, models, record_fn=run_record)
+            if error is not None:
+                failures.append(RejectedLine(job.index, f"{job.name}: {error}"))
+                if cfg.batch.jsonl is None:
+                    raise RuntimeError(error)
+        models.writer.drain()  # the last video's files are complete before the batch report and exit
+    finally:
+        models.writer.close()
     if cfg.batch.jsonl is not None and group.rank == 0:
         report = {"rejected_or_failed": [dataclasses.asdict(f) for f in failures], "jobs": len(jobs), "time": time.time()}
         write_json(check_writable_dir(cfg.output.dir) / f"batch_report_shard{cfg.batch.shard_index}.json", report)

@@ -1,0 +1,75 @@
+"""``<stem>.partial/``: what a rerun needs to continue a multi-chunk video after its last complete chunk.
+
+One file per chunk (``chunk<k>.safetensors``: its new frames, cache preview and latent) plus ``state.safetensors``
+(the cache buffers, the warp-noise RNG and ``chunks_done``), so saving after chunk k writes chunk k's frames
+once instead of every frame so far. ``state.safetensors`` is replaced after the chunk file is complete, and
+``chunks_done`` in it is the only thing trusted: a chunk file without a state that counts it is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from gen3c_dist.runner.outputs import write_safetensors
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    """The lead's results for one chunk (the overlap frame already dropped for chunks after the first)."""
+
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    preview: np.ndarray  # uint8 cache renders [T, H, W * panels, 3]
+    latent: torch.Tensor  # [1, 16, Lt, h, w] float32, CPU
+
+
+@dataclasses.dataclass
+class Resumed:
+    chunks: list[ChunkResult]
+    state: dict[str, torch.Tensor]  # the conditioner's state after the last complete chunk
+
+
+class PartialState:
+    def __init__(self, stem: Path, fingerprint: str) -> None:
+        self.folder = stem.with_name(stem.name + ".partial")
+        self.state_file = self.folder / "state.safetensors"
+        self.fingerprint = fingerprint
+
+    def chunk_file(self, index: int) -> Path:
+        return self.folder / f"chunk{index}.safetensors"
+
+    def load(self) -> Optional[Resumed]:
+        if not self.state_file.exists():
+            return None
+        meta, state = _read(self.state_file)
+        if meta.get("fingerprint") != self.fingerprint:
+            raise ValueError(
+                f"{self.folder} holds a partial run made with different settings; delete it or choose another output.name"
+            )
+        chunks = []
+        for index in range(int(meta["chunks_done"])):
+            _, tensors = _read(self.chunk_file(index))
+            chunks.append(ChunkResult(tensors["frames"].numpy(), tensors["preview"].numpy(), tensors["latent"]))
+        return Resumed(chunks=chunks, state=state)
+
+    def save(self, index: int, chunk: ChunkResult, state: dict[str, torch.Tensor]) -> None:
+        """After chunk ``index`` completes: its file first, then the state that makes it count."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"frames": torch.from_numpy(chunk.frames), "preview": torch.from_numpy(chunk.preview), "latent": chunk.latent}
+        write_safetensors(self.chunk_file(index), tensors)
+        write_safetensors(self.state_file, state, metadata={"fingerprint": self.fingerprint, "chunks_done": str(index + 1)})
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}, {k: handle.get_tensor(k) for k in handle.keys()}
