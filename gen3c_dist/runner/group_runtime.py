@@ -111,9 +111,16 @@ class Group:
 
         device = self.env.device if cfg.runtime.device == "auto" else torch.device(cfg.runtime.device)
         dtype = resolve_dtype(cfg, device)
+        from gen3c_dist.model.acceleration import check_speed_options
+
+        # Refused speed options (CUDA graphs with CP, compile on the CPU, ...) stop every rank before loading.
+        self.run_checked(lambda: check_speed_options(cfg.runtime, device=device, dtype=dtype,
+                                                     head_dim=cfg.model.head_dim, cp_size=self.layout.cp))
         # The DiT's file reads and copies overlap the lead's model loads and chunk-0 conditioning.
-        dit = start_in_background(lambda: self._forward_fn(load_dit_for_run(cfg, device=device, dtype=dtype)),
-                                  enabled=cfg.runtime.overlap)
+        dit = start_in_background(
+            lambda: self._forward_fn(load_dit_for_run(cfg, device=device, dtype=dtype), cfg, device, dtype),
+            enabled=cfg.runtime.overlap,
+        )
         start = time.perf_counter()
         conditioning = load_conditioning_models(cfg, jobs, device=device, dtype=dtype) if self.is_lead else None
         runtime = GroupRuntime(
@@ -123,12 +130,20 @@ class Group:
         writer = BackgroundWriter(enabled=cfg.runtime.overlap)
         return LoadedModels(runtime, conditioning, dit, writer, load_s=time.perf_counter() - start)
 
-    def _forward_fn(self, model) -> Callable:
-        if self.layout.cp == 1:
-            return model
-        from gen3c_dist.parallel.cp_forward import make_cp_forward
+    def _forward_fn(self, model, cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Callable:
+        """The model itself, or its context-parallel wrapper, with the configured kernel/compile/graph options."""
+        from gen3c_dist.model.acceleration import build_forward
 
-        return make_cp_forward(model, self.layout, counter=self.counter)
+        cp_forward = None
+        if self.layout.cp > 1:
+            from gen3c_dist.parallel.cp_forward import make_cp_forward
+
+            cp_forward = functools.partial(make_cp_forward, model, self.layout, counter=self.counter)
+        forward_fn, notes = build_forward(model, cfg.runtime, device=device, dtype=dtype,
+                                          cp_size=self.layout.cp, cp_forward=cp_forward)
+        for note in notes:
+            logger.info(note)
+        return forward_fn
 
     def _guided_fn_builder(self) -> Callable:
         if self.layout.cfg == 1:

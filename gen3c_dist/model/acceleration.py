@@ -1,0 +1,256 @@
+"""Single-device speed options (``runtime.attention_kernel / compile / cuda_graphs``) applied to the DiT forward.
+
+:func:`build_forward` is the one entry point: it picks the attention kernel (:mod:`gen3c_dist.model.kernels`),
+optionally compiles the blocks and optionally wraps the single-device forward in a CUDA-graph runner. With the
+defaults on the CPU it returns the model itself, so the plain path is untouched.
+
+Decisions:
+
+* ``compile`` compiles each ``TransformerBlock`` in place (``nn.Module.compile``, the "regional compilation"
+  recipe), not the whole forward. The 28 blocks are identical, so dynamo traces one graph and every block
+  reuses it (seconds to compile instead of minutes), and ``embed`` / the token sharding / the final gather stay
+  eager. Parameter names and the state dict do not change. The self-attention seam is either traced (SDPA
+  kernels on one device: inductor fuses the layout changes around it) or an :class:`OpaqueSeam`, one graph
+  break per block: always with context parallelism, so the Ulysses/ring collectives, the comm counter and the
+  fault timeouts run eagerly between two compiled graphs, and for flash-attn / TE, whose Python wrappers dynamo
+  need not understand. Mode is torch's default: ``reduce-overhead`` would capture CUDA graphs of its own.
+* ``cuda_graphs`` captures the whole single-device forward (:class:`CudaGraphForward`): the sampler calls it 70
+  times per chunk (cond and uncond, 35 steps) with the same shapes, so one capture serves a chunk, the next
+  chunks and every video of the same size; a new shape or fps re-captures. It is refused with CP > 1 (a graph
+  would replay the GPU work but skip the host side of the collectives: gloo, the comm counter, the fault guard)
+  and off CUDA.
+* Both options are refused on the CPU rather than ignored: the CPU path exists for tests and the demo, where a
+  compile only adds start-up time, and a flag that silently does nothing would mislead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+
+from gen3c_dist.config import RuntimeConfig
+from gen3c_dist.model.attention import AttentionOp
+from gen3c_dist.model.dit import GEN3CDiT
+from gen3c_dist.model.kernels import (
+    SDPA,
+    SDPA_KERNELS,
+    KernelChoice,
+    build_attention_kernel,
+    probe_environment,
+    select_attention_kernel,
+)
+
+ForwardFn = Callable[..., torch.Tensor]  # GEN3CDiT.forward's signature without attn_op
+SeamWrapper = Callable[[AttentionOp], AttentionOp]
+
+
+class CPForwardBuilder(Protocol):
+    """``make_cp_forward`` bound to the model and layout (the model package never sees a process group)."""
+
+    def __call__(self, *, local_attn: AttentionOp, wrap_attention: Optional[SeamWrapper]) -> ForwardFn: ...
+
+
+# ---- policy (pure) ----------------------------------------------------------------------------------------
+def compile_allowed(requested: bool, *, device_type: str) -> bool:
+    """Whether to compile the blocks; ValueError when asked for off CUDA."""
+    if not requested:
+        return False
+    if device_type != "cuda":
+        raise ValueError(
+            f"runtime.compile=true is a CUDA option; this model runs on {device_type}, where compiling only adds "
+            "start-up time to short test and demo runs. Set runtime.compile=false"
+        )
+    return True
+
+
+def cuda_graphs_allowed(requested: bool, *, device_type: str, cp_size: int) -> bool:
+    """Whether to capture the forward in a CUDA graph; ValueError off CUDA or with context parallelism."""
+    if not requested:
+        return False
+    if device_type != "cuda":
+        raise ValueError(f"runtime.cuda_graphs=true needs a CUDA device; this model runs on {device_type}")
+    if cp_size > 1:
+        raise ValueError(
+            f"runtime.cuda_graphs=true needs a single-device forward, but the context-parallel degree is {cp_size}: "
+            "a graph would replay the GPU work and skip the host side of the collectives (gloo, comm counter, "
+            "fault timeouts). Set runtime.cuda_graphs=false, or use cfg / data parallelism only"
+        )
+    return True
+
+
+def seam_traceable(kernel: str, *, cp_size: int) -> bool:
+    """Whether compiled blocks may trace the attention op instead of breaking the graph around it."""
+    return cp_size == 1 and kernel in SDPA_KERNELS
+
+
+# ---- compile ----------------------------------------------------------------------------------------------
+class OpaqueSeam:
+    """One attention op for the whole run that torch.compile calls eagerly (a graph break) instead of tracing.
+
+    Dynamo guards on the identity of a function it calls, and the CP path binds a new op every forward, so the
+    seam must be one stable object: :meth:`bind` points it at the current op and returns the same callable.
+    """
+
+    def __init__(self) -> None:
+        self._op: Optional[AttentionOp] = None
+        self._call = torch.compiler.disable(self._forward)
+
+    def _forward(self, q_BLHD: torch.Tensor, k_BLHD: torch.Tensor, v_BLHD: torch.Tensor) -> torch.Tensor:
+        if self._op is None:
+            raise RuntimeError("OpaqueSeam was called before bind()")
+        return self._op(q_BLHD, k_BLHD, v_BLHD)
+
+    def bind(self, op: AttentionOp) -> AttentionOp:
+        self._op = op
+        return self._call
+
+
+def compile_blocks(model: GEN3CDiT, *, backend: str = "inductor") -> int:
+    """Compile every DiT block in place (dynamic=False: the shapes are fixed per run); returns how many.
+
+    ``backend`` is torch.compile's; the CPU tests use ``aot_eager`` to check the tracing without C++ codegen.
+    """
+    for block in model.blocks.values():
+        block.compile(dynamic=False, backend=backend)
+    return len(model.blocks)
+
+
+# ---- CUDA graphs ------------------------------------------------------------------------------------------
+def input_signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple:
+    """What a captured graph is valid for: tensor shapes/dtypes/devices and the other arguments' values."""
+
+    def describe(value: Any) -> tuple:
+        if isinstance(value, torch.Tensor):
+            return ("tensor", tuple(value.shape), value.dtype, value.device)
+        return ("value", value)
+
+    return tuple(describe(a) for a in args) + tuple((name, describe(kwargs[name])) for name in sorted(kwargs))
+
+
+def _static_copy(value: Any) -> Any:
+    return value.clone(memory_format=torch.contiguous_format) if isinstance(value, torch.Tensor) else value
+
+
+class CudaGraphForward:
+    """The forward captured once per input signature and replayed; inputs are copied into static buffers.
+
+    Each call returns a copy of the static output: the sampler holds the cond output while the uncond pass
+    replays the same graph into the same memory.
+    """
+
+    def __init__(self, forward_fn: ForwardFn, *, device: torch.device, warmup_calls: int = 2) -> None:
+        self._forward, self._device, self._warmup_calls = forward_fn, device, warmup_calls
+        self._signature: Optional[tuple] = None
+        self._graph: Any = None
+        self._static_args: tuple[Any, ...] = ()
+        self._static_kwargs: dict[str, Any] = {}
+        self._static_output: Optional[torch.Tensor] = None
+        self.captures = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        signature = input_signature(args, kwargs)
+        if signature != self._signature:
+            self._graph = self._static_output = None  # free the old graph's memory pool before capturing again
+            self._static_args = tuple(_static_copy(a) for a in args)
+            self._static_kwargs = {name: _static_copy(v) for name, v in kwargs.items()}
+            self._graph, self._static_output = self._record()
+            self._signature = signature
+            self.captures += 1
+        else:
+            for static, value in zip(self._static_args, args):
+                if isinstance(static, torch.Tensor):
+                    static.copy_(value)
+            for name, static in self._static_kwargs.items():
+                if isinstance(static, torch.Tensor):
+                    static.copy_(kwargs[name])
+        self._graph.replay()
+        return self._static_output.clone()
+
+    def _record(self) -> tuple[Any, torch.Tensor]:
+        """Warm up on a side stream (compilation, cuBLAS / package lazy init), then capture one forward."""
+        side = torch.cuda.Stream(self._device)
+        side.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(side):
+            for _ in range(self._warmup_calls):
+                self._forward(*self._static_args, **self._static_kwargs)
+        torch.cuda.current_stream(self._device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the runner writes outputs and loads models in other threads while this one captures.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            output = self._forward(*self._static_args, **self._static_kwargs)
+        return graph, output
+
+
+# ---- the entry point --------------------------------------------------------------------------------------
+def _bind_attn_op(model: GEN3CDiT, attn_op: AttentionOp) -> ForwardFn:
+    def forward(
+        x_BCTHW: torch.Tensor, timesteps_B: torch.Tensor, crossattn_emb_BLcCt: torch.Tensor, **inputs: Any
+    ) -> torch.Tensor:
+        return model(x_BCTHW, timesteps_B, crossattn_emb_BLcCt, **inputs, attn_op=attn_op)
+
+    return forward
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedPlan:
+    kernel: KernelChoice
+    compile: bool
+    cuda_graphs: bool
+
+
+def check_speed_options(
+    runtime: RuntimeConfig, *, device: torch.device, dtype: torch.dtype, head_dim: int, cp_size: int
+) -> SpeedPlan:
+    """Every refusal of the speed options, without touching a model: callers may run it before loading weights."""
+    if cp_size < 1:
+        raise ValueError(f"context-parallel degree {cp_size} must be >= 1")
+    return SpeedPlan(
+        kernel=select_attention_kernel(runtime.attention_kernel, probe_environment(device, dtype, head_dim)),
+        compile=compile_allowed(runtime.compile, device_type=device.type),
+        cuda_graphs=cuda_graphs_allowed(runtime.cuda_graphs, device_type=device.type, cp_size=cp_size),
+    )
+
+
+def build_forward(
+    model: GEN3CDiT,
+    runtime: RuntimeConfig,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    cp_size: int = 1,
+    cp_forward: Optional[CPForwardBuilder] = None,
+) -> tuple[ForwardFn, list[str]]:
+    """The DiT forward function with the runtime's speed options, and one note per decision (for the log).
+
+    ``cp_size > 1`` needs ``cp_forward`` (``functools.partial(make_cp_forward, model, layout)``); the selected
+    kernel then serves as the local attention of the Ulysses path. Every refusal is a ValueError raised before
+    the model is touched.
+    """
+    if cp_size > 1 and cp_forward is None:
+        raise ValueError(f"build_forward: cp_size={cp_size} needs cp_forward (make_cp_forward bound to the layout)")
+    plan = check_speed_options(runtime, device=device, dtype=dtype, head_dim=model.cfg.head_dim, cp_size=cp_size)
+    kernel = build_attention_kernel(plan.kernel)
+    notes = [_kernel_note(plan.kernel)]
+    seam: Optional[OpaqueSeam] = None
+    if plan.compile:
+        seam = None if seam_traceable(plan.kernel.kernel, cp_size=cp_size) else OpaqueSeam()
+        count = compile_blocks(model)
+        attention = "traced" if seam is None else "kept eager (graph break)"
+        notes.append(f"torch.compile: {count} blocks in place, attention {attention}")
+    if cp_size > 1:
+        return cp_forward(local_attn=kernel, wrap_attention=seam.bind if seam else None), notes
+    if plan.kernel.kernel == SDPA and not plan.compile and not plan.cuda_graphs:
+        return model, notes  # the plain path, bit for bit
+    forward = _bind_attn_op(model, seam.bind(kernel) if seam else kernel)
+    if plan.cuda_graphs:
+        forward = CudaGraphForward(forward, device=device)
+        notes.append("CUDA graphs: the forward is captured at its first call per input shape and replayed")
+    return forward, notes
+
+
+def _kernel_note(choice: KernelChoice) -> str:
+    fallbacks = f" (torch may fall back to {', '.join(choice.sdpa_fallbacks)})" if choice.sdpa_fallbacks else ""
+    requested = f"runtime.attention_kernel={choice.requested!r}"
+    return f"attention kernel: {choice.kernel} for {requested}, {choice.reason}{fallbacks}"
