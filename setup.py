@@ -46,6 +46,7 @@ setup(
         "console_scripts": [
             "gen3c-run=gen3c_dist.run:main",
             "gen3c-convert=gen3c_dist.convert:main",
+            "gen3c-sweep=gen3c_dist.perf.sweep:main",
         ]
     },
 )
