@@ -3,9 +3,15 @@
 Both are single-head with head dim = channels and scale 1/sqrt(channels), on GroupNorm(1)-normalised input,
 with 1x1x1 conv projections and a residual. ``scaled_dot_product_attention`` replaces the official explicit
 ``bmm``/softmax: same maths, without materialising the (HW)^2 score matrix (14080^2 per frame at 704x1280).
+
+Sequence-parallel seam: :class:`CausalTemporalAttention` has an optional ``attention_hook`` (``None`` by default)
+that replaces the causal attention over the local tokens, so a rank holding a later time slice can attend to the
+keys and values of the earlier slices (set by ``gen3c_dist.parallel.decode_parallel`` for one decode).
 """
 
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +51,17 @@ class SpatialAttention(_AttentionBase):
         return x_BCTHW + self.proj_out(out_BCTHW)
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 class CausalTemporalAttention(_AttentionBase):
     """Every spatial position attends over frames 0..t (lower-triangular mask)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        # (q, k, v) tokens (B*H*W, 1, T, C) -> attention output; None: :func:`causal_attention` over T.
+        self.attention_hook: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x_BCTHW.shape
@@ -55,7 +70,8 @@ class CausalTemporalAttention(_AttentionBase):
             return y_BCTHW.permute(0, 3, 4, 2, 1).reshape(b * h * w, 1, t, c)
 
         q, k, v = (tokens(y) for y in self._qkv(x_BCTHW))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        attend = causal_attention if self.attention_hook is None else self.attention_hook
+        out = attend(q, k, v)
         out_BCTHW = out.reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)
         return x_BCTHW + self.proj_out(out_BCTHW)
 

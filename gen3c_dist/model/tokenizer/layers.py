@@ -4,9 +4,17 @@ Causality in time: every temporal kernel sees only the current and earlier frame
 padded at the front with copies of the first frame (never zeros) and never at the back. Space is zero padded.
 Normalisation is GroupNorm(1) per frame (statistics over C, H, W of one frame), so no frame sees later ones.
 Module and attribute names follow the official ``layers3d.py`` so ``state_dict()`` keys match the released files.
+
+Sequence-parallel seam: :class:`CausalConv3d` and :class:`HybridUpsample` carry an optional per-instance hook
+(``time_pad_hook``, ``time_upsample_hook``), ``None`` by default. A decoder that runs on one contiguous time slice
+per rank sets them for the duration of a decode (``gen3c_dist.parallel.decode_parallel``) so the front padding
+comes from the previous slices and only the slice holding global frame 0 drops its first copy. The hooks are plain
+callables; this module never communicates.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +51,12 @@ class CausalConv3d(nn.Module):
         # Zero spatial padding is the conv's own padding: identical values to the official explicit F.pad.
         self.conv3d = nn.Conv3d(chan_in, chan_out, kernel_size, stride=(time_stride, stride, stride),
                                 padding=(0, padding, padding))
+        # (x, count) -> x with ``count`` frames of causal context in front; None: copies of frame 0.
+        self.time_pad_hook: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
-        return self.conv3d(prepend_first_frame(x_BCTHW, self.time_pad))
+        pad = prepend_first_frame if self.time_pad_hook is None else self.time_pad_hook
+        return self.conv3d(pad(x_BCTHW, self.time_pad))
 
 
 def factorized_conv(chan_in: int, chan_out: int) -> nn.Sequential:
@@ -121,6 +132,13 @@ class HybridDownsample(nn.Module):
         return self.conv3(x_BCTHW)
 
 
+def causal_time_upsample(x_BCTHW: torch.Tensor) -> torch.Tensor:
+    """T -> 2T-1: every frame twice, then drop the first copy of frame 0; a single frame stays single (official)."""
+    if x_BCTHW.shape[2] <= 1:
+        return x_BCTHW
+    return x_BCTHW.repeat_interleave(2, dim=2)[:, :, 1:]
+
+
 class HybridUpsample(nn.Module):
     """Nearest repeat + residual conv, temporally (T -> 2T-1, causal) and/or spatially (x2 in H, W)."""
 
@@ -133,14 +151,15 @@ class HybridUpsample(nn.Module):
             self.conv2 = CausalConv3d(channels, channels, (1, 3, 3), padding=1)
         if spatial or temporal:
             self.conv3 = pointwise_conv(channels, channels)
+        # x -> x repeated in time; None: :func:`causal_time_upsample` on the whole video.
+        self.time_upsample_hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         if not (self.spatial or self.temporal):
             return x_BCTHW
-        if self.temporal and x_BCTHW.shape[2] > 1:
-            # Every frame twice, then drop the first copy of frame 0; a single frame stays single (official).
-            x_BCTHW = x_BCTHW.repeat_interleave(2, dim=2)[:, :, 1:]
         if self.temporal:
+            upsample = causal_time_upsample if self.time_upsample_hook is None else self.time_upsample_hook
+            x_BCTHW = upsample(x_BCTHW)
             x_BCTHW = self.conv1(x_BCTHW) + x_BCTHW
         if self.spatial:
             x_BCTHW = x_BCTHW.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)

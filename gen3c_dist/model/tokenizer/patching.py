@@ -9,11 +9,15 @@ The official code runs every filter as a strided grouped conv; here the same 2-t
 even/odd samples directly (same arithmetic, without the conv machinery). The buffers keep their official names
 and dtypes so the state dict carries exactly the released TorchScript keys; the loader rebuilds and checks them
 instead of copying them.
+
+Sequence-parallel seam: :class:`HaarUnpatcher3D` has an optional ``time_trim_hook`` (``None`` by default) that
+replaces dropping the leading copies of frame 0, so only the time slice holding global frame 0 drops them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +99,8 @@ class HaarUnpatcher3D(nn.Module):
         # The official UnPatcher3D has no patch_size_buffer.
         self.register_buffer("wavelets", buffers["wavelets"])
         self.register_buffer("_arange", buffers["_arange"])
+        # (x, count) -> x without the first ``count`` frames of the whole video; None: drop them here.
+        self.time_trim_hook: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None
 
     def _level(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         low, high = _filters(self.wavelets, self._arange, x_BCTHW.dtype)
@@ -106,4 +112,6 @@ class HaarUnpatcher3D(nn.Module):
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         for _ in range(self.num_levels):
             x_BCTHW = self._level(x_BCTHW)
+        if self.time_trim_hook is not None:
+            return self.time_trim_hook(x_BCTHW, self.patch_size - 1)
         return x_BCTHW[:, :, self.patch_size - 1 :]
