@@ -44,14 +44,18 @@ def frame_from_uint8(frame_HW3: torch.Tensor) -> torch.Tensor:
     return img01_3HW.unsqueeze(0).unsqueeze(2) * 2 - 1
 
 
-def condition_latent_from_frame(tokenizer: VideoTokenizer, frame_B31HW: torch.Tensor) -> torch.Tensor:
-    """One conditioning frame + (T-1) zero frames -> normalised latent (B, 16, Lt, h, w) in ``tokenizer.dtype``."""
+def condition_video(frame_B31HW: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """One conditioning frame + (T-1) zero (mid-grey) frames: the video whose encoding is the condition latent."""
     if frame_B31HW.dim() != 5 or frame_B31HW.shape[1:3] != (3, 1):
         raise ValueError(f"expected a frame (B, 3, 1, H, W), got {tuple(frame_B31HW.shape)}")
-    frame_B31HW = frame_B31HW.to(tokenizer.device)  # build the 121-frame chunk where the encoder runs
     b, _, _, h, w = frame_B31HW.shape
-    padding = frame_B31HW.new_zeros(b, 3, tokenizer.config.pixel_chunk_duration - 1, h, w)
-    latent = tokenizer.encode(torch.cat([frame_B31HW, padding], dim=2))
+    return torch.cat([frame_B31HW, frame_B31HW.new_zeros(b, 3, chunk_frames - 1, h, w)], dim=2)
+
+
+def condition_latent_from_frame(tokenizer: VideoTokenizer, frame_B31HW: torch.Tensor) -> torch.Tensor:
+    """One conditioning frame + (T-1) zero frames -> normalised latent (B, 16, Lt, h, w) in ``tokenizer.dtype``."""
+    frame_B31HW = frame_B31HW.to(tokenizer.device)  # build the 121-frame chunk where the encoder runs
+    latent = tokenizer.encode(condition_video(frame_B31HW, tokenizer.config.pixel_chunk_duration))
     # Official get_condition_latent ends with .to(bfloat16): the model dtype (float32 in CPU runs).
     return latent.to(tokenizer.dtype)
 
@@ -89,15 +93,24 @@ def encode_warped_frames(tokenizer: VideoTokenizer, warps_BTN3HW: torch.Tensor, 
     """
     _check_warps(warps_BTN3HW, masks_BTN1HW, frame_buffer_max, tokenizer.config.pixel_chunk_duration)
     dtype = tokenizer.dtype if dtype is None else dtype
-    masks_BTN3HW = (masks_BTN1HW * 2 - 1).repeat(1, 1, 1, 3, 1, 1)  # {0, 1} -> {-1, +1}, as a 3-channel video
-    latents = []
-    for i in range(warps_BTN3HW.shape[2]):
-        for video_BTN3HW in (warps_BTN3HW, masks_BTN3HW):
-            latents.append(tokenizer.encode(video_BTN3HW[:, :, i].permute(0, 2, 1, 3, 4).to(dtype)).contiguous())
+    latents = [tokenizer.encode(video).contiguous() for video in warp_videos(warps_BTN3HW, masks_BTN1HW, dtype)]
     b, t, _, _, h, w = warps_BTN3HW.shape
     cfg = tokenizer.config
     lt = t // cfg.pixel_chunk_duration * cfg.latent_chunk_duration
     zero_shape = (b, cfg.latent_ch, lt, h // cfg.spatial_compression, w // cfg.spatial_compression)
-    zeros = torch.zeros(zero_shape, dtype=dtype, device=latents[0].device if latents else tokenizer.device)
-    latents += [zeros] * (2 * (frame_buffer_max - warps_BTN3HW.shape[2]))  # missing buffers: zero latents
-    return torch.cat(latents, dim=1)
+    return assemble_pose(latents, frame_buffer_max, zero_shape, dtype=dtype, device=tokenizer.device)
+
+
+def warp_videos(warps_BTN3HW: torch.Tensor, masks_BTN1HW: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The videos to encode, in channel order: per buffer the warp, then its mask as ``2m - 1`` in 3 channels."""
+    masks_BTN3HW = (masks_BTN1HW * 2 - 1).repeat(1, 1, 1, 3, 1, 1)  # {0, 1} -> {-1, +1}, as a 3-channel video
+    return [video_BTN3HW[:, :, i].permute(0, 2, 1, 3, 4).to(dtype)  # [B, 3, T, H, W]
+            for i in range(warps_BTN3HW.shape[2]) for video_BTN3HW in (warps_BTN3HW, masks_BTN3HW)]
+
+
+def assemble_pose(latents: list[torch.Tensor], frame_buffer_max: int, zero_shape: tuple[int, ...], *,
+                  dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[warp_0, mask_0, warp_1, ...]`` latents, zero latents for the missing buffers, along channels."""
+    zeros = torch.zeros(zero_shape, dtype=dtype, device=latents[0].device if latents else device)
+    missing = 2 * frame_buffer_max - len(latents)
+    return torch.cat(list(latents) + [zeros] * missing, dim=1)

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from gen3c_dist.config import RunConfig
-from gen3c_dist.runner.conditioning_stage import ChunkConditioning, VideoConditioner, conditioning_shapes
+from gen3c_dist.parallel.comm_counter import CommCounter
+from gen3c_dist.runner.conditioning_stage import (
+    ChunkConditioning,
+    VideoConditioner,
+    assemble_conditioning,
+    conditioning_shapes,
+)
+from gen3c_dist.runner.jobs import CHUNK_FRAMES
 from gen3c_dist.runner.offload import DeviceSwap
 from gen3c_dist.runner.timing import StageTimer
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer
@@ -59,3 +66,52 @@ class LeadChunkSteps:
             return None
         with self.timer.stage("decode"), self.swap.use_tokenizer(self.tokenizer, "decoder") as tokenizer:
             return tokenizer.decode_to_uint8(latent_BCTHW).cpu().numpy()
+
+
+class GroupChunkSteps:
+    """``parallel.tokenizer=group``: the replica shares the chunk's encodes and its decode.
+
+    The lead prepares the tokenizer inputs (depth, cache render, text), shares the buffer count, and every rank
+    takes its share of the encodes and receives every latent; only the text embeddings are then broadcast.
+    Called on every rank of the replica in the same order; every rank holds the tokenizer.
+    """
+
+    def __init__(self, cfg: RunConfig, *, conditioner: Optional[VideoConditioner], tokenizer: VideoTokenizer,
+                 swap: DeviceSwap, group, src: int, share_int: Callable[[Optional[int]], int], device: torch.device,
+                 dtype: torch.dtype, timer: StageTimer, counter: Optional[CommCounter] = None) -> None:
+        self.cfg, self.conditioner, self.tokenizer, self.swap = cfg, conditioner, tokenizer, swap
+        self.group, self.src, self.share_int = group, src, share_int
+        self.device, self.dtype, self.timer, self.counter = device, dtype, timer, counter
+
+    def _specs(self, chunk_index: int, buffers: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """Shapes and dtypes of the chunk's encode inputs, known on every rank from the config and ``buffers``."""
+        shape = (1, 3, CHUNK_FRAMES, self.cfg.input.height, self.cfg.input.width)
+        # Chunk 0's frame comes from the image in the tokenizer dtype; later ones are float32 (spec 1.6).
+        first = self.tokenizer.dtype if chunk_index == 0 else torch.float32
+        return [(shape, first)] + [(shape, self.tokenizer.dtype)] * (2 * buffers)
+
+    def condition(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkConditioning:
+        from gen3c_dist.parallel.broadcast import broadcast_tensors
+        from gen3c_dist.parallel.tokenizer_parallel import encode_distributed
+
+        inputs = None if self.conditioner is None else self.conditioner.prepare(chunk_index, last_frame_HW3)
+        with self.timer.stage("encode"):
+            videos = None if inputs is None else inputs.videos
+            buffers = self.share_int(None if videos is None else (len(videos) - 1) // 2)
+            with self.swap.use_tokenizer(self.tokenizer, "encoder") as tokenizer:
+                latents = encode_distributed(tokenizer, videos, self._specs(chunk_index, buffers), group=self.group,
+                                             src=self.src, counter=self.counter)
+        with self.timer.stage("broadcast"):
+            text_spec = {name: ((1, self.cfg.text.max_length, self.cfg.model.crossattn_emb_channels), self.dtype)
+                         for name in ("text_cond", "text_uncond")}
+            text = None if inputs is None else {"text_cond": inputs.text_cond, "text_uncond": inputs.text_uncond}
+            text = broadcast_tensors(text, text_spec, group=self.group, src=self.src, device=self.device)
+        latents = [latent.to(self.device) for latent in latents]
+        return assemble_conditioning(latents, self.cfg.model.frame_buffer_max, self.dtype, text["text_cond"], text["text_uncond"])
+
+    def decode(self, latent_BCTHW: torch.Tensor) -> Optional[np.ndarray]:
+        from gen3c_dist.parallel.decode_parallel import decode_to_uint8_distributed
+
+        with self.timer.stage("decode"), self.swap.use_tokenizer(self.tokenizer, "decoder") as tokenizer:
+            frames = decode_to_uint8_distributed(tokenizer, latent_BCTHW, group=self.group, dst=self.src, counter=self.counter)
+        return None if frames is None else frames.cpu().numpy()

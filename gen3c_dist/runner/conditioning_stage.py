@@ -18,10 +18,13 @@ import torch
 from gen3c_dist.conditioning.depth import DepthEstimate, estimate_frame_depth, estimate_input_image_depth
 from gen3c_dist.conditioning.depth_file import depth_from_file
 from gen3c_dist.conditioning.encode import (
-    condition_latent_from_image,
-    condition_latent_from_uint8_frame,
-    encode_warped_frames,
+    assemble_pose,
+    condition_video,
+    frame_from_uint8,
+    normalise_and_resize,
+    warp_videos,
 )
+from gen3c_dist.conditioning.image_io import read_condition_image
 from gen3c_dist.conditioning.text import DEFAULT_NEGATIVE_PROMPT, encode_prompts
 from gen3c_dist.config import LATENT_CHANNELS, CacheConfig, CheckpointConfig, ModelConfig, TextConfig
 from gen3c_dist.geometry.cache3d import Cache3D
@@ -59,6 +62,26 @@ def conditioning_shapes(model: ModelConfig, *, height: int, width: int, text_len
         "text_cond": (1, text_length, model.crossattn_emb_channels),
         "text_uncond": (1, text_length, model.crossattn_emb_channels),
     }
+
+
+@dataclasses.dataclass
+class ChunkInputs:
+    """A chunk's tokenizer inputs on the lead: the condition video, then per buffer the warp and mask videos."""
+
+    videos: list[torch.Tensor]  # [1, 3, 121, H, W] each, 1 + 2 * n_buf of them
+    text_cond: torch.Tensor  # [1, 512, Ct]
+    text_uncond: torch.Tensor
+
+    def conditioning(self, latents: list[torch.Tensor], frame_buffer_max: int, dtype: torch.dtype) -> ChunkConditioning:
+        """Assemble the encodes' latents (in ``videos`` order) as the official path does (spec 5.3)."""
+        return assemble_conditioning(latents, frame_buffer_max, dtype, self.text_cond, self.text_uncond)
+
+
+def assemble_conditioning(latents: list[torch.Tensor], frame_buffer_max: int, dtype: torch.dtype,
+                          text_cond: torch.Tensor, text_uncond: torch.Tensor) -> ChunkConditioning:
+    gt_latent = latents[0]
+    pose = assemble_pose(latents[1:], frame_buffer_max, tuple(gt_latent.shape), dtype=gt_latent.dtype, device=gt_latent.device)
+    return ChunkConditioning(gt_latent=gt_latent.to(dtype), pose=pose.to(dtype), text_cond=text_cond, text_uncond=text_uncond)
 
 
 @dataclasses.dataclass
@@ -168,9 +191,9 @@ class VideoConditioner:
             align = True
         self.cache.update((img01_3HW * 2 - 1)[None].to(device), depth_11HW.to(device), w2c_144, K_133, depth_alignment=align)
 
-    def chunk(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkConditioning:
-        """The conditioning of chunk ``chunk_index``; ``last_frame_HW3`` is required for every chunk but the first."""
-        with self.timer.stage("conditioning"):  # depth, cache update and render, text
+    def prepare(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkInputs:
+        """Depth, cache update and render, text: everything of a chunk up to the tokenizer (lead only)."""
+        with self.timer.stage("conditioning"):
             if chunk_index == 0:
                 self.start()
             else:
@@ -184,19 +207,21 @@ class VideoConditioner:
             warps, masks = self.cache.render(self.w2cs_N44[frames][None].to(device), self.Ks_N33[frames][None].to(device))
             self.last_warps = (warps, masks)
             text_cond, text_uncond = self.text_embeddings()
-        with self.timer.stage("encode"), self.models.swap.use_tokenizer(self.models.tokenizer, "encoder") as tokenizer:
-            # the 1 + 2 * n_buf tokenizer encodes of the chunk
+            dtype = self.models.tokenizer.dtype
             if chunk_index == 0:
-                gt_latent = condition_latent_from_image(tokenizer, self.job.input.image, self.job.input.height, self.job.input.width)
+                inp = self.job.input
+                frame_B31HW = normalise_and_resize(read_condition_image(inp.image), inp.height, inp.width, dtype)
             else:
-                gt_latent = condition_latent_from_uint8_frame(tokenizer, last_frame_HW3.to(tokenizer.device))
-            pose = encode_warped_frames(tokenizer, warps.to(tokenizer.device), masks.to(tokenizer.device), self.model_cfg.frame_buffer_max)
-        return ChunkConditioning(
-            gt_latent=gt_latent.to(self.dtype),
-            pose=pose.to(self.dtype),
-            text_cond=text_cond,
-            text_uncond=text_uncond,
-        )
+                frame_B31HW = frame_from_uint8(last_frame_HW3)  # float32, as the official run feeds it
+            videos = [condition_video(frame_B31HW, CHUNK_FRAMES)] + warp_videos(warps, masks, dtype)
+        return ChunkInputs(videos=videos, text_cond=text_cond, text_uncond=text_uncond)
+
+    def chunk(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkConditioning:
+        """The conditioning of chunk ``chunk_index`` with every encode on this rank (``parallel.tokenizer=lead``)."""
+        inputs = self.prepare(chunk_index, last_frame_HW3)
+        with self.timer.stage("encode"), self.models.swap.use_tokenizer(self.models.tokenizer, "encoder") as tokenizer:
+            latents = [tokenizer.encode(video).contiguous() for video in inputs.videos]  # 1 + 2 * n_buf encodes
+        return inputs.conditioning(latents, self.model_cfg.frame_buffer_max, self.dtype)
 
     # ---- resumption --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

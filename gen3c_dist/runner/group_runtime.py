@@ -20,7 +20,7 @@ import torch
 from gen3c_dist.config import RunConfig
 from gen3c_dist.parallel.comm_counter import CommCounter
 from gen3c_dist.runner.background import Background, BackgroundWriter, start_in_background
-from gen3c_dist.runner.chunk_steps import LeadChunkSteps, conditioning_broadcaster
+from gen3c_dist.runner.chunk_steps import GroupChunkSteps, LeadChunkSteps, conditioning_broadcaster
 from gen3c_dist.runner.conditioning_stage import VideoConditioner
 from gen3c_dist.runner.jobs import VideoJob
 from gen3c_dist.runner.rank_report import dit_tokens, gather_rank_lines, rank_line
@@ -60,6 +60,7 @@ class Group:
         self.layout = attach_process_groups(self.layout, timeout_s=cfg.distributed.timeout_s)
         self.groups = self.layout.groups
         self.counter = CommCounter()  # DiT traffic of this rank, reset per video
+        self.tokenizer_counter = CommCounter()  # tokenizer encodes/decode traffic (parallel.tokenizer=group)
 
     # ---- agreement across ranks ---------------------------------------------------------------------------
     @property
@@ -106,7 +107,7 @@ class Group:
 
     # ---- models ---------------------------------------------------------------------------------------------
     def load_models(self, cfg: RunConfig, jobs: list[VideoJob]) -> LoadedModels:
-        from gen3c_dist.runner.models import load_conditioning_models, load_dit_for_run
+        from gen3c_dist.runner.models import load_conditioning_models, load_dit_for_run, load_tokenizer_models
         from gen3c_dist.runner.session import resolve_dtype
 
         device = self.env.device if cfg.runtime.device == "auto" else torch.device(cfg.runtime.device)
@@ -122,7 +123,12 @@ class Group:
             enabled=cfg.runtime.overlap,
         )
         start = time.perf_counter()
-        conditioning = load_conditioning_models(cfg, jobs, device=device, dtype=dtype) if self.is_lead else None
+        if self.is_lead:
+            conditioning = load_conditioning_models(cfg, jobs, device=device, dtype=dtype)
+        elif self.tokenizer_shared(cfg):
+            conditioning = load_tokenizer_models(cfg, device=device, dtype=dtype)
+        else:
+            conditioning = None
         runtime = GroupRuntime(
             is_lead=self.is_lead, forward=dit.result, guided_fn_builder=self._guided_fn_builder(),
             share_int=self.share_int, device=device, dtype=dtype,
@@ -152,8 +158,18 @@ class Group:
 
         return functools.partial(cfg_parallel_guided_fn, layout=self.layout, counter=self.counter)
 
+    def tokenizer_shared(self, cfg: RunConfig) -> bool:
+        """``parallel.tokenizer=group`` with more than one rank to share the tokenizer work."""
+        return cfg.parallel.tokenizer == "group" and self.replica_group is not None
+
     def _chunk_steps(self, cfg: RunConfig, models: LoadedModels, conditioner: Optional[VideoConditioner], timer: StageTimer):
         runtime, cond_models = models.runtime, models.conditioning
+        if self.tokenizer_shared(cfg):
+            return GroupChunkSteps(
+                cfg, conditioner=conditioner, tokenizer=cond_models.tokenizer, swap=cond_models.swap,
+                group=self.replica_group, src=self.layout.replica_lead, share_int=self.share_int,
+                device=runtime.device, dtype=runtime.dtype, timer=timer, counter=self.tokenizer_counter,
+            )
         broadcast = conditioning_broadcaster(cfg, group=self.replica_group, src=self.layout.replica_lead,
                                              size=self.layout.replica_size, device=runtime.device, dtype=runtime.dtype)
         return LeadChunkSteps(
@@ -166,7 +182,9 @@ class Group:
         """Make one video; returns an error message for a failed single-process batch line, else None."""
         start = time.perf_counter()
         timer, runtime, writer = StageTimer(), models.runtime, models.writer
+        writer_start = writer.busy_s  # this video's share of the writer's time, inline or in the background
         self.counter.reset()
+        self.tokenizer_counter.reset()
         conditioner = outputs = None
         if self.is_lead:
             conditioner = VideoConditioner(
@@ -193,11 +211,11 @@ class Group:
             if progress:
                 progress.close()
         steps = len(timer.step_seconds)
-        lines = gather_rank_lines(rank_line(self.rank, runtime.device, self.counter, steps),
-                                  group=self.replica_group, size=self.layout.replica_size)
+        line = rank_line(self.rank, runtime.device, self.counter, steps)
+        line["tokenizer_comm_bytes"] = self.tokenizer_counter.mean_per_step(1)  # whole video, by kind
+        lines = gather_rank_lines(line, group=self.replica_group, size=self.layout.replica_size)
         if outputs is not None:
             extra = self._record_extra(cfg, models, lines)
-            writer_start = writer.busy_s
 
             def record(frames: int) -> dict:
                 timer.seconds["write"] = writer.busy_s - writer_start

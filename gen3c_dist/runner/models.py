@@ -34,6 +34,7 @@ TINY_MOGE_CONFIG = dict(
     num_tokens_range=[1200, 2500], last_res_blocks=0, last_conv_channels=32, last_conv_size=1,
 )
 GENERATED_FRAME_DEPTH = ("moge", "cache_render")
+TOKENIZER_PLACEMENTS = ("group", "lead")
 DOWNLOADS = "see README section 'Checkpoints' for the official download commands"
 
 
@@ -48,6 +49,8 @@ def needs_moge(jobs: list[VideoJob], cache: CacheConfig) -> bool:
 def preflight_checkpoints(cfg: RunConfig, jobs: list[VideoJob]) -> None:
     """Every required weight path exists, or random weights are allowed; one clear error otherwise."""
     ck = cfg.checkpoints
+    if cfg.parallel.tokenizer not in TOKENIZER_PLACEMENTS:
+        raise ValueError(f"parallel.tokenizer={cfg.parallel.tokenizer!r} is not one of {TOKENIZER_PLACEMENTS}")
     required = {"checkpoints.dit": ck.dit, "checkpoints.tokenizer_dir": ck.tokenizer_dir}
     if needs_moge(jobs, cfg.cache):
         required["checkpoints.moge"] = ck.moge
@@ -89,6 +92,12 @@ def load_depth_model(cfg: RunConfig, *, device: torch.device) -> Any:
     logger.warning("MoGe: seeded random ViT-S weights (checkpoints.random_weights); generated-frame depth is not meaningful")
     torch.manual_seed(cfg.checkpoints.random_seed + 2)
     return MoGeModel(**TINY_MOGE_CONFIG).to(device).eval()
+
+
+def load_tokenizer_models(cfg: RunConfig, *, device: torch.device, dtype: torch.dtype) -> ConditioningModels:
+    """A non-lead rank's share with ``parallel.tokenizer=group``: the tokenizer only (no depth model, no T5)."""
+    swap = DeviceSwap(device, offload=cfg.runtime.offload)
+    return ConditioningModels(tokenizer=load_tokenizer(cfg, device=swap.home, dtype=dtype), moge=None, swap=swap, text=None)
 
 
 def load_conditioning_models(cfg: RunConfig, jobs: list[VideoJob], *, device: torch.device, dtype: torch.dtype) -> ConditioningModels:
