@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing
-import os
-import socket
 import statistics
 import time
 from typing import Any
@@ -35,6 +32,7 @@ from gen3c_dist.parallel import (
     plan_layout,
 )
 from gen3c_dist.parallel.comm_counter import expected_bytes_per_step
+from local_ranks import launch_local  # benchmarks/local_ranks.py, beside this script
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,28 +84,11 @@ def run_rank(job: Job) -> dict[str, Any]:
     return {"rank": env.rank, "steps": counter.steps, "seconds": seconds, "expected": expected, "layout": layout.describe()}
 
 
-def _worker(job: Job, rank: int, world: int, port: int, out: Any) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
-    )
-    out.put(run_rank(job))
-
 
 def launch(job: Job) -> list[dict[str, Any]]:
     """Run ``job`` on cfg x ulysses x ring local processes (spawned fresh: nothing inherited from this one)."""
     world = job.parallel.get("cfg", 1) * job.parallel.get("ulysses", 1) * job.parallel.get("ring", 1)
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    procs = [ctx.Process(target=_worker, args=(job, r, world, port, out)) for r in range(world)]
-    for proc in procs:
-        proc.start()
-    results = sorted((out.get(timeout=1800) for _ in procs), key=lambda r: r["rank"])
-    for proc in procs:
-        proc.join()
-    return results
+    return launch_local(run_rank, job, world)
 
 
 def textbook_bytes(model_cfg: Any, *, tokens: int, ulysses: int, ring: int, forwards: int) -> dict[str, float]:

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing
-import os
-import socket
 import statistics
 import time
 from typing import Any, Callable
@@ -32,6 +29,7 @@ from gen3c_dist.parallel.comm_counter import CommCounter
 from gen3c_dist.parallel.decode_parallel import decode_distributed, decode_to_uint8_distributed
 from gen3c_dist.parallel.distributed import init_distributed
 from gen3c_dist.parallel.tokenizer_parallel import encode_distributed
+from local_ranks import launch_local  # benchmarks/local_ranks.py, beside this script
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,27 +86,10 @@ def run_rank(job: Job) -> dict[str, Any]:
     return {"rank": env.rank, "timings": timings}
 
 
-def _worker(job: Job, rank: int, world: int, port: int, out: Any) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
-    )
-    out.put(run_rank(job))
-
 
 def launch(job: Job, world: int) -> list[dict[str, Any]]:
     """``world`` fresh processes (spawned: nothing inherited from this one); world 1 is a plain process."""
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    procs = [ctx.Process(target=_worker, args=(job, r, world, port, out)) for r in range(world)]
-    for proc in procs:
-        proc.start()
-    results = sorted((out.get(timeout=1800) for _ in procs), key=lambda r: r["rank"])
-    for proc in procs:
-        proc.join()
-    return results
+    return launch_local(run_rank, job, world)
 
 
 def median_of_slowest(results: list[dict[str, Any]], name: str, clock: str) -> float:

@@ -44,12 +44,7 @@ ALL_PACKAGES = frozenset({"flash_attn", "flash_attn_interface", "transformer_eng
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def gpu(cc, *, dtype=torch.bfloat16, head_dim=128, packages=frozenset(), cudnn=91000) -> KernelEnvironment:

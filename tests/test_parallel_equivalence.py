@@ -60,13 +60,7 @@ LAYOUTS: dict[int, list[tuple[str, int, dict[str, Any], tuple[int, int]]]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded like the ranks: on a loaded 2-core CI box, two spinning OpenMP threads run 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @functools.lru_cache(maxsize=None)

@@ -30,12 +30,7 @@ TOLERANCE = 1e-5  # max |error| / max |reference|, as tests/test_parallel_equiva
 MAX_FLIPPED_FRACTION = 1e-3  # uint8 levels that truncation may flip (by one) when the floats differ by ~1e-7
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @functools.lru_cache(maxsize=None)
