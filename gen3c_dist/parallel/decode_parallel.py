@@ -175,14 +175,7 @@ def time_split_hooks(decoder: nn.Module, split: TimeSplit) -> Iterator[None]:
 # ---- decode entry points ---------------------------------------------------------------------------------------
 def _check_latent(tokenizer: VideoTokenizer, latent_BCTHW: torch.Tensor) -> None:
     """The single decode's own checks, run on every rank before any communication so all ranks agree."""
-    if tokenizer.decoder is None:
-        raise RuntimeError("this tokenizer was built without a decoder")
-    cfg = tokenizer.config
-    if latent_BCTHW.dim() != 5 or latent_BCTHW.shape[1] != cfg.latent_ch:
-        raise ValueError(f"expected a latent (B, {cfg.latent_ch}, T, H, W), got {tuple(latent_BCTHW.shape)}")
-    if latent_BCTHW.shape[2] % cfg.latent_chunk_duration:
-        raise ValueError(f"latent has T={latent_BCTHW.shape[2]} frames; it must be a multiple of "
-                         f"latent_chunk_duration={cfg.latent_chunk_duration}")
+    tokenizer.check_decodable(latent_BCTHW)
 
 
 def _roles(group: dist.ProcessGroup | None, dst: int) -> tuple[tuple[int, ...], int]:

@@ -183,9 +183,8 @@ class VideoTokenizer:
         return (raw_BCTHW - mean) / std * self.config.sigma_data
 
     # ------------------------------------------------------------------------------------------------- decoding
-    @torch.inference_mode()
-    def decode(self, latent_BCTHW: torch.Tensor) -> torch.Tensor:
-        """Normalised latent -> video in about [-1, 1], in the latent's dtype: ``D(z / sigma * std + mean)``."""
+    def check_decodable(self, latent_BCTHW: torch.Tensor) -> None:
+        """A decoder is loaded and the latent has the tokenizer's channels and whole latent chunks."""
         if self.decoder is None:
             raise RuntimeError("this tokenizer was built without a decoder")
         cfg = self.config
@@ -194,6 +193,12 @@ class VideoTokenizer:
         if latent_BCTHW.shape[2] % cfg.latent_chunk_duration:
             raise ValueError(f"latent has T={latent_BCTHW.shape[2]} frames; it must be a multiple of "
                              f"latent_chunk_duration={cfg.latent_chunk_duration}")
+
+    @torch.inference_mode()
+    def decode(self, latent_BCTHW: torch.Tensor) -> torch.Tensor:
+        """Normalised latent -> video in about [-1, 1], in the latent's dtype: ``D(z / sigma * std + mean)``."""
+        self.check_decodable(latent_BCTHW)
+        cfg = self.config
         in_dtype = latent_BCTHW.dtype
         scaled_BCTHW = latent_BCTHW / cfg.sigma_data
 
