@@ -191,30 +191,43 @@ class VideoConditioner:
             align = True
         self.cache.update((img01_3HW * 2 - 1)[None].to(device), depth_11HW.to(device), w2c_144, K_133, depth_alignment=align)
 
+    def advance(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> None:
+        """Chunk 0: depth, cache and camera path; later chunks: insert the last decoded frame into the cache."""
+        if chunk_index == 0:
+            self.start()
+        else:
+            if last_frame_HW3 is None:
+                raise ValueError("chunks after the first need the last decoded frame of the previous chunk")
+            self.update_with_frame(chunk_index, last_frame_HW3)
+
+    def chunk_cameras(self, chunk_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's 121 cameras, w2c [1, F, 4, 4] and K [1, F, 3, 3], on the cache's device."""
+        assert self.cache is not None and self.w2cs_N44 is not None and self.Ks_N33 is not None
+        first = chunk_index * (CHUNK_FRAMES - 1)
+        frames = slice(first, first + CHUNK_FRAMES)
+        return self.w2cs_N44[frames][None].to(self.cache.device), self.Ks_N33[frames][None].to(self.cache.device)
+
+    def tokenizer_inputs(self, chunk_index: int, warps: torch.Tensor, masks: torch.Tensor,
+                         last_frame_HW3: Optional[torch.Tensor]) -> ChunkInputs:
+        """The videos to encode (condition frame, then warp and mask per buffer) and the text embeddings."""
+        self.last_warps = (warps, masks)
+        text_cond, text_uncond = self.text_embeddings()
+        dtype = self.models.tokenizer.dtype
+        if chunk_index == 0:
+            inp = self.job.input
+            frame_B31HW = normalise_and_resize(read_condition_image(inp.image), inp.height, inp.width, dtype)
+        else:
+            frame_B31HW = frame_from_uint8(last_frame_HW3)  # float32, as the official run feeds it
+        videos = [condition_video(frame_B31HW, CHUNK_FRAMES)] + warp_videos(warps, masks, dtype)
+        return ChunkInputs(videos=videos, text_cond=text_cond, text_uncond=text_uncond)
+
     def prepare(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkInputs:
         """Depth, cache update and render, text: everything of a chunk up to the tokenizer (lead only)."""
         with self.timer.stage("conditioning"):
-            if chunk_index == 0:
-                self.start()
-            else:
-                if last_frame_HW3 is None:
-                    raise ValueError("chunks after the first need the last decoded frame of the previous chunk")
-                self.update_with_frame(chunk_index, last_frame_HW3)
-            assert self.cache is not None and self.w2cs_N44 is not None and self.Ks_N33 is not None
-            first = chunk_index * (CHUNK_FRAMES - 1)
-            frames = slice(first, first + CHUNK_FRAMES)
-            device = self.cache.device
-            warps, masks = self.cache.render(self.w2cs_N44[frames][None].to(device), self.Ks_N33[frames][None].to(device))
-            self.last_warps = (warps, masks)
-            text_cond, text_uncond = self.text_embeddings()
-            dtype = self.models.tokenizer.dtype
-            if chunk_index == 0:
-                inp = self.job.input
-                frame_B31HW = normalise_and_resize(read_condition_image(inp.image), inp.height, inp.width, dtype)
-            else:
-                frame_B31HW = frame_from_uint8(last_frame_HW3)  # float32, as the official run feeds it
-            videos = [condition_video(frame_B31HW, CHUNK_FRAMES)] + warp_videos(warps, masks, dtype)
-        return ChunkInputs(videos=videos, text_cond=text_cond, text_uncond=text_uncond)
+            self.advance(chunk_index, last_frame_HW3)
+            assert self.cache is not None
+            warps, masks = self.cache.render(*self.chunk_cameras(chunk_index))
+            return self.tokenizer_inputs(chunk_index, warps, masks, last_frame_HW3)
 
     def chunk(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkConditioning:
         """The conditioning of chunk ``chunk_index`` with every encode on this rank (``parallel.tokenizer=lead``)."""
