@@ -114,3 +114,29 @@ def test_gpu_names_map_to_table_entries():
     assert gpu_spec_for_name("NVIDIA H200").key == "h200"
     assert gpu_spec_for_name("NVIDIA A100-SXM4-80GB").key == "a100_sxm"
     assert gpu_spec_for_name("NVIDIA H100 NVL") is None and gpu_spec_for_name(None) is None
+
+
+def test_gen3c_non_dit_model_shares_the_tokenizer_over_the_replica():
+    from gen3c_dist.perf.non_dit import NonDiTModel
+
+    group, lead = NonDiTModel(tokenizer="group"), NonDiTModel(tokenizer="lead")
+    serial = 4.0 + 3 * 3.7 + 6.3
+    assert lead.seconds(1) == group.seconds(1) == pytest.approx(serial)
+    assert lead.seconds(8) == pytest.approx(serial)  # the official placement does not scale
+    assert group.seconds(2) == pytest.approx(4.0 + 2 * 3.7 + 6.3 / 2)  # 3 encodes on 2 ranks: 2 rounds
+    assert group.seconds(8) == pytest.approx(4.0 + 3.7 + 6.3 / 8)
+    assert group.seconds(64) == pytest.approx(4.0 + 3.7 + 6.3 / 16)  # 16 latent frames: at most 16 decode ranks
+    with pytest.raises(ValueError, match="placement"):
+        NonDiTModel(tokenizer="everywhere")
+
+
+def test_projection_rows_charge_the_non_dit_model_per_replica():
+    from gen3c_dist.perf.non_dit import NonDiTModel
+
+    settings = Settings(non_dit=NonDiTModel(tokenizer="group"))
+    rows = projection_rows([gpu_spec("h100_sxm")], settings=settings, world_sizes=(1, 8), layouts=("single", "ulysses"))
+    by_layout = {row["layout"]: row for row in rows}
+    assert by_layout["single"]["non_dit_s"] == pytest.approx(4.0 + 3 * 3.7 + 6.3)
+    assert by_layout["ulysses"]["non_dit_s"] == pytest.approx(4.0 + 3.7 + 6.3 / 8)
+    for row in rows:
+        assert row["clip_s"] == pytest.approx(35 * row["step_s"] + row["non_dit_s"])

@@ -20,7 +20,9 @@ The model, per denoising step and GPU (N GPUs = cfg x ulysses x ring; every GPU 
   (``exposed = max(0, ring time - self-attention time)``), as ring attention is designed to. Ulysses
   all-to-alls, output gathers and the cfg exchange are added in full. Per-message latency (~10 us x a few
   hundred messages per step) is left out: it is under 1% of any step here.
-* Non-DiT time (conditioning, tokenizer encode/decode, writing) is a serial constant, not divided by N.
+* Non-DiT time (conditioning, tokenizer encode/decode, writing): for GEN3C, :mod:`gen3c_dist.perf.non_dit`
+  with the runner's tokenizer placement (``--tokenizer group|lead``); ``--tokenizer constant`` uses a serial
+  constant, not divided by N (the anchor check always does).
 
 Check: 1 H100 SXM, 35 steps x 2 forwards, plus :data:`NON_DIT_ESTIMATE_S`, against ~383 s (anchor A1:
 Cosmos-1.0-Diffusion-7B-Video2World, 121 frames at 704x1280, 1x H100, end to end without model init,
@@ -50,6 +52,7 @@ from gen3c_dist.parallel.layout import ParallelLayout
 from gen3c_dist.perf.flops import dit_forward_flops, dit_tokens, latent_thw
 from gen3c_dist.perf.grid import LAYOUTS, checked_layout, layout_degrees
 from gen3c_dist.perf.hardware import GPUS, HBM_EFFICIENCY, LINK_EFFICIENCY, GpuSpec, gpu_spec
+from gen3c_dist.perf.non_dit import NonDiTModel
 
 COSMOS_7B_V2W_H100_S = 383.0
 NON_DIT_ESTIMATE_S = 20.0
@@ -69,6 +72,12 @@ class Settings:
     gpus_per_node: int = 8
     elementwise_passes: int = ELEMENTWISE_PASSES
     element_size: int = 2  # bf16
+    # GEN3C's non-DiT work with the runner's tokenizer placement; None: the serial constant ``non_dit_s``
+    # (what the anchor check uses, since the anchor is Cosmos-1.0 Video2World, not GEN3C).
+    non_dit: Optional[NonDiTModel] = None
+
+    def non_dit_seconds(self, replica_size: int) -> float:
+        return self.non_dit_s if self.non_dit is None else self.non_dit.seconds(replica_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +174,9 @@ def projection_rows(gpus: list[GpuSpec], *, settings: Settings, model_cfg: Optio
                 rows.append({"gpu": gpu.key, "world_size": world, "layout": name, "ulysses": layout.ulysses,
                              "ring": layout.ring, "cfg": layout.cfg, "step_s": step.step_s,
                              "exposed_comm_s": step.exposed_comm_s,
-                             "clip_s": settings.steps * step.step_s + settings.non_dit_s, "fastest": False})
+                             "non_dit_s": settings.non_dit_seconds(layout.replica_size),
+                             "clip_s": settings.steps * step.step_s + settings.non_dit_seconds(layout.replica_size),
+                             "fastest": False})
     best: dict[tuple, dict] = {}
     for row in rows:
         key = (row["gpu"], row["world_size"])
@@ -216,6 +227,14 @@ def format_check(check: dict, settings: Settings) -> str:
     )
 
 
+def _non_dit_text(settings: Settings) -> str:
+    model = settings.non_dit
+    if model is None:
+        return f"non-DiT {settings.non_dit_s:g} s serial"
+    return (f"non-DiT: lead {model.lead_serial_s:g} s + {model.encodes} encodes x {model.encode_s:g} s + decode "
+            f"{model.decode_s:g} s, tokenizer placement '{model.tokenizer}' (assumed, gen3c_dist.perf.non_dit)")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Projected seconds per GEN3C-7B clip per layout and GPU count.")
     parser.add_argument("--gpus", nargs="+", default=list(GPUS), choices=list(GPUS))
@@ -223,19 +242,23 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--steps", type=int, default=35)
     parser.add_argument("--resolution", default="704x1280", help="HEIGHTxWIDTH of the 121-frame clip")
     parser.add_argument("--non-dit-s", type=float, default=NON_DIT_ESTIMATE_S, help="serial non-DiT seconds per clip")
+    parser.add_argument("--tokenizer", choices=["group", "lead", "constant"], default="group",
+                        help="GEN3C non-DiT model with the runner's tokenizer placement (gen3c_dist.perf.non_dit), "
+                             "or the serial constant --non-dit-s")
     parser.add_argument("--attention-kernel", choices=["fa2", "fa3"], default="fa2")
     parser.add_argument("--elementwise-passes", type=int, default=ELEMENTWISE_PASSES)
     parser.add_argument("--gpus-per-node", type=int, default=8)
     args = parser.parse_args(argv)
     height, width = (int(v) for v in args.resolution.lower().split("x"))
+    non_dit = None if args.tokenizer == "constant" else NonDiTModel(tokenizer=args.tokenizer)
     settings = Settings(steps=args.steps, non_dit_s=args.non_dit_s, attention_kernel=args.attention_kernel,
-                        gpus_per_node=args.gpus_per_node, elementwise_passes=args.elementwise_passes)
+                        gpus_per_node=args.gpus_per_node, elementwise_passes=args.elementwise_passes, non_dit=non_dit)
     latent = latent_thw(height, width)
     gpus = [gpu_spec(key) for key in args.gpus]
     rows = projection_rows(gpus, settings=settings, latent_THW=latent, world_sizes=args.world_sizes)
     model_cfg = model_preset("gen3c_cosmos_7b")
     print(f"GEN3C-Cosmos-7B, 121 frames at {height}x{width} ({dit_tokens(model_cfg, latent):,} tokens), "
-          f"{settings.steps} steps x {settings.forwards} forwards, bf16, non-DiT {settings.non_dit_s:g} s serial; "
+          f"{settings.steps} steps x {settings.forwards} forwards, bf16, {_non_dit_text(settings)}; "
           f"ring K/V overlapped with attention, other communication not; * = fastest layout for that N\n")
     for gpu in gpus:
         print(format_table(rows, gpu, settings, world_sizes=args.world_sizes) + "\n")
