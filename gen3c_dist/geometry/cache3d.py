@@ -43,6 +43,74 @@ def _check_frame(
             raise ValueError(f"{name}: expected shape {list(shape)} to match the image, got {list(tensor.shape)}")
 
 
+def check_cameras(w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, *, batch: int) -> int:
+    """The number of target frames F of cameras w2cs [B, F, 4, 4] and Ks [B, F, 3, 3]."""
+    if w2cs_BF44.dim() != 4 or w2cs_BF44.shape[0] != batch or w2cs_BF44.shape[2:] != (4, 4):
+        raise ValueError(f"w2cs: expected shape [{batch}, F, 4, 4], got {list(w2cs_BF44.shape)}")
+    num_frames = w2cs_BF44.shape[1]
+    if tuple(Ks_BF33.shape) != (batch, num_frames, 3, 3):
+        raise ValueError(f"Ks: expected shape [{batch}, {num_frames}, 3, 3], got {list(Ks_BF33.shape)}")
+    return num_frames
+
+
+@dataclass(frozen=True)
+class WarpSource:
+    """What rendering reads from a cache; enough to warp any range of items without the cache itself.
+
+    Items are the (batch, frame, buffer) triples flattened frame-major: item j is batch j // (F N), frame
+    (j // N) % F, buffer j % N, so a render's output [B, F, N, ...] is the items' results in order.
+    """
+
+    images_BN3HW: torch.Tensor
+    points_BNHW3: torch.Tensor
+    masks_BN1HW: Optional[torch.Tensor]  # bool, None: no depth-edge filter
+    boundary_BHW: Optional[torch.Tensor]  # bool, None: no foreground masking
+    images_per_warp: int
+
+    def num_items(self, num_frames: int) -> int:
+        return self.images_BN3HW.shape[0] * num_frames * self.images_BN3HW.shape[1]
+
+    def warp_range(
+        self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, start: int, stop: int, *, want_depth: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Images [J, 3, H, W], masks [J, 1, H, W] and depth [J, H, W] (or None) of items [start, stop).
+
+        ``start`` must be a multiple of WARP_PAIR: each pair has its own z-buffer max (spec section 7.3), so a
+        split pair would change the result. Items are warped ``images_per_warp`` at a time from ``start``; the
+        warp is per item apart from the pair max, so the batching does not change the values (checked by tests).
+        """
+        B, N, _, H, W = self.images_BN3HW.shape
+        num_frames = check_cameras(w2cs_BF44, Ks_BF33, batch=B)
+        total = self.num_items(num_frames)
+        if start % WARP_PAIR or not 0 <= start <= stop <= total:
+            raise ValueError(
+                f"warp range: [{start}, {stop}) must lie in [0, {total}] and start at a multiple of {WARP_PAIR}"
+            )
+        device = self.images_BN3HW.device
+        w2cs_BF44, Ks_BF33 = w2cs_BF44.to(device, torch.float32), Ks_BF33.to(device, torch.float32)
+        images = [torch.empty(0, 3, H, W, device=device, dtype=torch.float32)]  # so an empty range has a shape
+        masks = [torch.empty(0, 1, H, W, device=device, dtype=torch.float32)]
+        depths = [torch.empty(0, H, W, device=device, dtype=torch.float32)]
+        for first in range(start, stop, self.images_per_warp):
+            j = torch.arange(first, min(first + self.images_per_warp, stop), device=device)
+            b, f, n = j // (num_frames * N), (j // N) % num_frames, j % N
+            result = forward_warp(
+                self.images_BN3HW[b, n],
+                target_w2c_B44=w2cs_BF44[b, f],
+                target_K_B33=Ks_BF33[b, f],
+                world_points_BHW3=self.points_BNHW3[b, n],
+                valid_mask_B1HW=None if self.masks_BN1HW is None else self.masks_BN1HW[b, n],
+                render_depth=want_depth,
+                boundary_mask_BHW=None if self.boundary_BHW is None else self.boundary_BHW[b],
+                zmax_group_size=WARP_PAIR,
+            )
+            images.append(result.image)
+            masks.append(result.mask)
+            if want_depth:
+                depths.append(result.depth)
+        return torch.cat(images), torch.cat(masks), torch.cat(depths) if want_depth else None
+
+
 class Cache3D:
     """Point-cloud buffers of RGB-D frames, rendered by forward warping.
 
@@ -106,6 +174,10 @@ class Cache3D:
             return None
         return reliable_depth_mask(depth_B1HW, ratio_thresh=self.filter_points_threshold)
 
+    def warp_source(self) -> WarpSource:
+        """The tensors rendering reads (views, not copies), e.g. to warp a range of items on another rank."""
+        return WarpSource(self.images, self.points, self.masks, self.boundary, self.images_per_warp)
+
     def _warp_all(
         self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, *, want_depth: bool
     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
@@ -114,47 +186,38 @@ class Cache3D:
         Each pair has its own z-buffer max (spec section 7.3). Several pairs share one vectorised call.
         """
         B, N, _, H, W = self.images.shape
-        if w2cs_BF44.dim() != 4 or w2cs_BF44.shape[0] != B or w2cs_BF44.shape[2:] != (4, 4):
-            raise ValueError(f"w2cs: expected shape [{B}, F, 4, 4], got {list(w2cs_BF44.shape)}")
-        num_frames = w2cs_BF44.shape[1]
-        if tuple(Ks_BF33.shape) != (B, num_frames, 3, 3):
-            raise ValueError(f"Ks: expected shape [{B}, {num_frames}, 3, 3], got {list(Ks_BF33.shape)}")
-        w2cs_BF44, Ks_BF33 = w2cs_BF44.to(self.device, torch.float32), Ks_BF33.to(self.device, torch.float32)
-        images, masks, depths = [], [], []
-        for start in range(0, B * num_frames * N, self.images_per_warp):
-            j = torch.arange(start, min(start + self.images_per_warp, B * num_frames * N), device=self.device)
-            b, f, n = j // (num_frames * N), (j // N) % num_frames, j % N
-            result = forward_warp(
-                self.images[b, n],
-                target_w2c_B44=w2cs_BF44[b, f],
-                target_K_B33=Ks_BF33[b, f],
-                world_points_BHW3=self.points[b, n],
-                valid_mask_B1HW=None if self.masks is None else self.masks[b, n],
-                render_depth=want_depth,
-                boundary_mask_BHW=None if self.boundary is None else self.boundary[b],
-                zmax_group_size=WARP_PAIR,
-            )
-            images.append(result.image)
-            masks.append(result.mask)
-            if want_depth:
-                depths.append(result.depth)
-        images_BFN3HW = torch.cat(images).view(B, num_frames, N, 3, H, W)
-        masks_BFN1HW = torch.cat(masks).view(B, num_frames, N, 1, H, W)
-        depth_BFNHW = torch.cat(depths).view(B, num_frames, N, H, W) if want_depth else None
+        num_frames = check_cameras(w2cs_BF44, Ks_BF33, batch=B)
+        source = self.warp_source()
+        images, masks, depth = source.warp_range(
+            w2cs_BF44, Ks_BF33, 0, source.num_items(num_frames), want_depth=want_depth
+        )
+        images_BFN3HW = images.view(B, num_frames, N, 3, H, W)
+        masks_BFN1HW = masks.view(B, num_frames, N, 1, H, W)
+        depth_BFNHW = depth.view(B, num_frames, N, H, W) if want_depth else None
         return images_BFN3HW, masks_BFN1HW, depth_BFNHW
 
-    def render(self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Warps [B, F, N, 3, H, W] (-1 where empty, plus warp noise) and masks [B, F, N, 1, H, W] (float 0/1).
+    def warp_noise(self, shape_BFN3HW: tuple[int, ...]) -> torch.Tensor:
+        """``randn(generator) * strength * (N - 1 - n)`` for buffer n (newest gets the most), of a render's shape.
 
-        Noise: ``randn(generator) * strength * (N - 1 - n)`` for buffer n (newest gets the most), drawn even at
-        strength 0 so the generator advances the same way (spec section 1.7). The generator must live on the
-        cache's device.
+        Drawn for the whole shape even at strength 0, so the generator advances the same way (spec section 1.7).
+        The generator must live on the cache's device.
         """
-        images_BFN3HW, masks_BFN1HW, _ = self._warp_all(w2cs_BF44, Ks_BF33, want_depth=False)
-        noise = torch.randn(images_BFN3HW.shape, generator=self.generator, device=self.device, dtype=torch.float32)
+        if len(shape_BFN3HW) != 6 or shape_BFN3HW[2] != self.num_buffers:
+            raise ValueError(f"warps: expected shape [B, F, {self.num_buffers}, 3, H, W], got {list(shape_BFN3HW)}")
+        noise = torch.randn(shape_BFN3HW, generator=self.generator, device=self.device, dtype=torch.float32)
         per_buffer_N = torch.arange(self.num_buffers - 1, -1, -1, device=self.device, dtype=torch.float32)
         per_buffer_N = per_buffer_N * self.noise_aug_strength
-        return images_BFN3HW + noise * per_buffer_N.view(1, 1, -1, 1, 1, 1), masks_BFN1HW
+        return noise * per_buffer_N.view(1, 1, -1, 1, 1, 1)
+
+    def add_warp_noise(self, images_BFN3HW: torch.Tensor) -> torch.Tensor:
+        """``images + warp_noise(images.shape)``."""
+        return images_BFN3HW + self.warp_noise(tuple(images_BFN3HW.shape))
+
+    def render(self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warps [B, F, N, 3, H, W] (-1 where empty, plus :meth:`add_warp_noise`) and masks [B, F, N, 1, H, W]
+        (float 0/1)."""
+        images_BFN3HW, masks_BFN1HW, _ = self._warp_all(w2cs_BF44, Ks_BF33, want_depth=False)
+        return self.add_warp_noise(images_BFN3HW), masks_BFN1HW
 
     def render_depth(self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Splatted target z-depth [B, F, N, H, W] (0 where empty) and masks [B, F, N, 1, H, W]; no noise."""
