@@ -186,6 +186,7 @@ def test_demo_under_torchrun_matches_single_process(tmp_path: Path, nproc: int, 
     tokenizer_traffic = [line["tokenizer_comm_bytes"] for line in record["ranks"]]
     if record["layout"]["tokenizer"] == "group":  # the encodes and the decode were shared
         assert tokenizer_traffic[0]["encode_inputs"] > 0 and tokenizer_traffic[0]["decode_halo"] > 0
+        assert tokenizer_traffic[0]["render_state"] > 0 and tokenizer_traffic[1]["render_gather"] > 0
         assert all(t["encode_latents"] > 0 for t in tokenizer_traffic)
     else:
         assert tokenizer_traffic == [{}] * nproc

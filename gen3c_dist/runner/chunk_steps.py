@@ -2,9 +2,10 @@
 
 * ``lead`` (the official placement): the lead renders the cache, runs every tokenizer encode and the decode
   alone; the other ranks receive the :class:`ChunkConditioning` in one broadcast and wait for it.
-* ``group``: the lead still owns depth, the cache and text, but the chunk's 1 + 2 * n_buf encodes are spread
-  over the replica's ranks and the decode runs sequence-parallel across them
-  (:mod:`gen3c_dist.parallel.tokenizer_parallel`); results equal the lead-only path.
+* ``group``: the lead still owns depth, the cache and text, but the chunk's cache render is split over the
+  replica's ranks (:mod:`gen3c_dist.parallel.render_parallel`, bit-identical), its 1 + 2 * n_buf encodes are
+  spread over them (:mod:`gen3c_dist.parallel.tokenizer_parallel`, bit-identical) and the decode runs
+  sequence-parallel across them (:mod:`gen3c_dist.parallel.decode_parallel`, equal to fp32 rounding).
 
 Both implement :class:`gen3c_dist.runner.video.ChunkSteps` and are called on every rank of the replica.
 """
@@ -20,6 +21,7 @@ from gen3c_dist.config import RunConfig
 from gen3c_dist.parallel.comm_counter import CommCounter
 from gen3c_dist.runner.conditioning_stage import (
     ChunkConditioning,
+    ChunkInputs,
     VideoConditioner,
     assemble_conditioning,
     conditioning_shapes,
@@ -94,7 +96,7 @@ class GroupChunkSteps:
         from gen3c_dist.parallel.broadcast import broadcast_tensors
         from gen3c_dist.parallel.tokenizer_parallel import encode_distributed
 
-        inputs = None if self.conditioner is None else self.conditioner.prepare(chunk_index, last_frame_HW3)
+        inputs = self._prepare(chunk_index, last_frame_HW3)
         with self.timer.stage("encode"):
             videos = None if inputs is None else inputs.videos
             buffers = self.share_int(None if videos is None else (len(videos) - 1) // 2)
@@ -108,6 +110,25 @@ class GroupChunkSteps:
             text = broadcast_tensors(text, text_spec, group=self.group, src=self.src, device=self.device)
         latents = [latent.to(self.device) for latent in latents]
         return assemble_conditioning(latents, self.cfg.model.frame_buffer_max, self.dtype, text["text_cond"], text["text_uncond"])
+
+    def _prepare(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> Optional[ChunkInputs]:
+        """The lead advances its cache; the replica renders the chunk's cameras together; the lead builds the inputs."""
+        from gen3c_dist.parallel.render_parallel import render_distributed
+
+        conditioner = self.conditioner
+        cache = w2cs_1F44 = Ks_1F33 = None
+        if conditioner is not None:
+            with self.timer.stage("conditioning"):
+                conditioner.advance(chunk_index, last_frame_HW3)
+                cache = conditioner.cache
+                w2cs_1F44, Ks_1F33 = conditioner.chunk_cameras(chunk_index)
+        with self.timer.stage("render"):
+            warps, masks = render_distributed(cache, w2cs_1F44, Ks_1F33, group=self.group, src=self.src,
+                                              device=self.device if cache is None else cache.device, counter=self.counter)
+        if conditioner is None:
+            return None
+        with self.timer.stage("conditioning"):
+            return conditioner.tokenizer_inputs(chunk_index, warps, masks, last_frame_HW3)
 
     def decode(self, latent_BCTHW: torch.Tensor) -> Optional[np.ndarray]:
         from gen3c_dist.parallel.decode_parallel import decode_to_uint8_distributed

@@ -131,6 +131,10 @@ class VideoConditioner:
     def start(self) -> None:
         """Depth, cache and the whole camera path (generated at full length, as the official script does)."""
         estimate = self.input_depth()
+        # The cache lives where the models compute (a depth file loads on the CPU): its renders feed the tokenizer
+        # there, and with parallel.tokenizer=group its state crosses the replica's collectives from that device.
+        estimate = dataclasses.replace(estimate, **{f.name: getattr(estimate, f.name).to(self.models.swap.compute)
+                                                    for f in dataclasses.fields(estimate)})
         self.cache = Cache3D(
             estimate.image,
             estimate.depth,
