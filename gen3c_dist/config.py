@@ -244,8 +244,10 @@ class RuntimeConfig:
     # Memory: move the tokenizer, MoGe and T5 to the CPU whenever they are not running (smaller GPUs).
     offload: bool = False
     # Overlap: load the DiT in a background thread while the lead computes chunk-0 conditioning, and write
-    # outputs in a background thread while the next chunk (or video) starts.
-    overlap: bool = True
+    # outputs in a background thread while the next chunk (or video) starts. null (auto): on with CUDA, off on
+    # the CPU, where the background threads compete with the ranks for the same cores (on a 2-core box it made
+    # a 2-process demo ~10% slower; benchmarks/results/cpu-amd-epyc-2c/README.md).
+    overlap: Optional[bool] = None
     # Single-device speed (CUDA only; "auto"/false on the CPU). See gen3c_dist/model/acceleration.py.
     attention_kernel: str = "auto"  # auto | sdpa | sdpa_flash | sdpa_cudnn | sdpa_efficient | sdpa_math | flash_attn | te
     compile: bool = False  # torch.compile every DiT block

@@ -167,3 +167,14 @@ def test_mp4_stream_appears_only_when_finished_and_abort_leaves_nothing(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
     with pytest.raises(ValueError, match="uint8"):
         Mp4Stream(tmp_path / "x.mp4", fps=24).append(frames.astype(np.float32))
+
+
+def test_overlap_defaults_to_cuda_only():
+    from gen3c_dist.runner.group_runtime import resolve_overlap
+
+    cfg = compose("demo", [])
+    assert cfg.runtime.overlap is None
+    assert resolve_overlap(cfg, torch.device("cuda")) is True
+    assert resolve_overlap(cfg, torch.device("cpu")) is False
+    forced = compose("demo", ["runtime.overlap=true"])
+    assert resolve_overlap(forced, torch.device("cpu")) is True

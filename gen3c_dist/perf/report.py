@@ -36,11 +36,14 @@ from gen3c_dist.perf.hardware import gpu_spec_for_name, host_info
 COLUMNS = (
     "run_id", "grid", "layout", "world_size", "ulysses", "ring", "cfg", "preset", "height", "width", "frames",
     "steps", "variant", "overrides", "repeat", "threads", "device", "dtype", "gpu_name", "tokens", "load_s",
-    "conditioning_s", "encode_s", "dit_step_s", "denoise_s", "decode_s", "write_s", "wall_s", "non_dit_share",
+    "conditioning_s", "render_s", "encode_s", "broadcast_s", "load_wait_s", "dit_step_s", "denoise_s", "decode_s",
+    "write_s", "wall_s", "non_dit_share",
     "dit_tokens_per_s", "comm_bytes_per_step", "comm_bytes_formula", "peak_memory_bytes", "tflops_per_gpu", "mfu",
     "elapsed_s", "error",
 )
-STAGES = ("load", "conditioning", "encode", "decode", "write")
+# The runner's stages: "render" is the replica's shared cache render (parallel.tokenizer=group), "load_wait" the
+# time the first chunk waited for the background DiT load; "write" runs in the background with runtime.overlap.
+STAGES = ("load", "conditioning", "render", "encode", "broadcast", "load_wait", "decode", "write")
 ELEMENT_SIZE = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 STDERR_TAIL_LINES = 12
 BASE_TEXT = {f"{k}={v}" for k, v in BASE_OVERRIDES.items()}  # the sweep's own defaults, left out of the table

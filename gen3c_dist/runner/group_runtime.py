@@ -117,10 +117,11 @@ class Group:
         # Refused speed options (CUDA graphs with CP, compile on the CPU, ...) stop every rank before loading.
         self.run_checked(lambda: check_speed_options(cfg.runtime, device=device, dtype=dtype,
                                                      head_dim=cfg.model.head_dim, cp_size=self.layout.cp))
+        overlap = resolve_overlap(cfg, device)
         # The DiT's file reads and copies overlap the lead's model loads and chunk-0 conditioning.
         dit = start_in_background(
             lambda: self._forward_fn(load_dit_for_run(cfg, device=device, dtype=dtype), cfg, device, dtype),
-            enabled=cfg.runtime.overlap,
+            enabled=overlap,
         )
         start = time.perf_counter()
         if self.is_lead:
@@ -133,7 +134,7 @@ class Group:
             is_lead=self.is_lead, forward=dit.result, guided_fn_builder=self._guided_fn_builder(),
             share_int=self.share_int, device=device, dtype=dtype,
         )
-        writer = BackgroundWriter(enabled=cfg.runtime.overlap)
+        writer = BackgroundWriter(enabled=overlap)
         return LoadedModels(runtime, conditioning, dit, writer, load_s=time.perf_counter() - start)
 
     def _forward_fn(self, model, cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Callable:
@@ -232,10 +233,16 @@ class Group:
             "tokens": dit_tokens(cfg.model, height=cfg.input.height, width=cfg.input.width, latent_frames=16),
             "world_size": self.env.world_size,
             "layout": {"data": layout.data, "cfg": layout.cfg, "ulysses": layout.ulysses, "ring": layout.ring,
-                       "cp": layout.cp, "attention": layout.attention, "tokenizer": cfg.parallel.tokenizer},
+                       "cp": layout.cp, "attention": layout.attention, "tokenizer": cfg.parallel.tokenizer,
+                       "overlap": models.writer.enabled},
             "ranks": lines,
             "load_s": {"conditioning_models": round(models.load_s, 4), "dit": round(models.dit.seconds, 4)},
         }
+
+
+def resolve_overlap(cfg: RunConfig, device: torch.device) -> bool:
+    """``runtime.overlap``; null means on with CUDA (idle host cores, I/O-bound loads) and off on the CPU."""
+    return device.type == "cuda" if cfg.runtime.overlap is None else bool(cfg.runtime.overlap)
 
 
 def _abort(writer: BackgroundWriter, outputs: VideoOutputs) -> None:
