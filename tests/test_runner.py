@@ -42,7 +42,10 @@ def test_complete_output_is_skipped_on_rerun(tmp_path: Path, monkeypatch):
     cfg = demo_config(tmp_path)
     assert run_session(cfg) == 0
     stamp = (tmp_path / "demo.json").stat().st_mtime_ns
-    monkeypatch.setattr(VideoConditioner, "chunk", lambda *a, **k: pytest.fail("a complete output was regenerated"))
+    monkeypatch.setattr(VideoConditioner, "prepare", lambda *a, **k: pytest.fail("a complete output was regenerated"))
+    from gen3c_dist.runner.group_runtime import Group
+
+    monkeypatch.setattr(Group, "load_models", lambda *a, **k: pytest.fail("models were loaded with nothing to make"))
     assert run_session(cfg) == 0
     assert (tmp_path / "demo.json").stat().st_mtime_ns == stamp
 

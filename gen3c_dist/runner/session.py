@@ -148,12 +148,17 @@ def _run(cfg: RunConfig, group) -> int:
         logger.warning(TINY_MODEL_WARNING)
     failures = list(rejected)
     my_jobs = [job for i, job in enumerate(jobs) if i % group.layout.data == group.layout.data_index]
-    models = group.load_models(cfg, my_jobs)
+    pending = []
+    for job in my_jobs:
+        if cfg.output.resume and group.share_int(int(is_complete(job, cfg)) if group.is_lead else None):
+            logger.info("%s: complete output exists, skipped", job.name)
+        else:
+            pending.append(job)
+    if not pending:
+        return _report(cfg, group, jobs, failures)  # nothing to make: no model is loaded
+    models = group.load_models(cfg, pending)
     try:
-        for job in my_jobs:
-            if cfg.output.resume and group.share_int(int(is_complete(job, cfg)) if group.is_lead else None):
-                logger.info("%s: complete output exists, skipped", job.name)
-                continue
+        for job in pending:
             error = group.run_video(cfg, job, models, record_fn=run_record)
             if error is not None:
                 failures.append(RejectedLine(job.index, f"{job.name}: {error}"))
@@ -162,6 +167,10 @@ def _run(cfg: RunConfig, group) -> int:
         models.writer.drain()  # the last video's files are complete before the batch report and exit
     finally:
         models.writer.close()
+    return _report(cfg, group, jobs, failures)
+
+
+def _report(cfg: RunConfig, group, jobs: list[VideoJob], failures: list[RejectedLine]) -> int:
     if cfg.batch.jsonl is not None and group.rank == 0:
         report = {"rejected_or_failed": [dataclasses.asdict(f) for f in failures], "jobs": len(jobs), "time": time.time()}
         write_json(check_writable_dir(cfg.output.dir) / f"batch_report_shard{cfg.batch.shard_index}.json", report)
