@@ -150,10 +150,10 @@ def test_presets_compose_and_match_the_python_presets():
     [
         (2, ["parallel.ulysses=2", "input.num_frames=241"]),
         (2, ["parallel.cfg=2", "sampler.guidance=2.5"]),
-        (3, ["parallel.ring=3"]),
+        (3, ["parallel.ring=3", "runtime.overlap=true"]),  # the DiT loads beside the replica's render/encodes
         (2, ["parallel.ulysses=2", "parallel.tokenizer=lead", "runtime.overlap=false"]),
     ],
-    ids=["2proc-ulysses-241frames", "2proc-cfg", "3proc-ring", "2proc-ulysses-lead-tokenizer-inline"],
+    ids=["2proc-ulysses-241frames", "2proc-cfg", "3proc-ring-overlap", "2proc-ulysses-lead-tokenizer-inline"],
 )
 def test_demo_under_torchrun_matches_single_process(tmp_path: Path, nproc: int, layout: list[str]):
     extra = [x for x in layout if x.startswith(("sampler.", "input."))]
@@ -186,6 +186,7 @@ def test_demo_under_torchrun_matches_single_process(tmp_path: Path, nproc: int, 
     for line in record["ranks"]:
         assert line["comm_bytes_per_step"] == expected and line["peak_memory_bytes"] > 0
     assert record["tokens"] == 16 * 4 * 6 and record["world_size"] == nproc
+    assert record["layout"]["overlap"] is ("runtime.overlap=true" in layout)
     tokenizer_traffic = [line["tokenizer_comm_bytes"] for line in record["ranks"]]
     if record["layout"]["tokenizer"] == "group":  # the encodes and the decode were shared
         assert tokenizer_traffic[0]["encode_inputs"] > 0 and tokenizer_traffic[0]["decode_halo"] > 0
