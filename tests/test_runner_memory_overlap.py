@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from gen3c_dist.runner.background import BackgroundWriter, start_in_background
+from gen3c_dist.runner.background import Background, BackgroundWriter
 from gen3c_dist.runner.offload import DeviceSwap
 from gen3c_dist.runner.outputs import Mp4Stream
 from gen3c_dist.runner.session import run_session
@@ -146,9 +146,9 @@ def test_background_writer_keeps_order_and_raises_a_failed_write():
 
 def test_background_value_runs_in_a_thread_and_reraises():
     started = threading.Event()
-    value = start_in_background(lambda: (started.set(), torch.is_inference_mode_enabled())[1], enabled=True)
+    value = Background(lambda: (started.set(), torch.is_inference_mode_enabled())[1], enabled=True)
     assert value.result() is True and started.is_set()  # the loader thread runs under inference_mode too
-    failing = start_in_background(lambda: 1 / 0, enabled=True)
+    failing = Background(lambda: 1 / 0, enabled=True)
     with pytest.raises(ZeroDivisionError):
         failing.result()
 

@@ -44,13 +44,17 @@ class CommCounter:
     def step_total(self, index: int) -> int:
         return sum(self._steps[index].values())
 
-    def mean_per_step(self, steps: int) -> dict[str, int]:
-        """Bytes per kind averaged over ``steps`` steps, closed or pending (the serial guidance path never closes)."""
+    def totals(self) -> dict[str, int]:
+        """Bytes per kind over every step, closed or pending (the serial guidance path never closes a step)."""
         totals: defaultdict[str, int] = defaultdict(int)
         for step in self._steps + [dict(self._current)]:
             for kind, nbytes in step.items():
                 totals[kind] += nbytes
-        return {kind: nbytes // max(steps, 1) for kind, nbytes in totals.items()}
+        return dict(totals)
+
+    def mean_per_step(self, steps: int) -> dict[str, int]:
+        """Bytes per kind averaged over ``steps`` denoising steps."""
+        return {kind: nbytes // max(steps, 1) for kind, nbytes in self.totals().items()}
 
     def reset(self) -> None:
         self._current = defaultdict(int)

@@ -70,24 +70,9 @@ def make_cp_forward(
     bind_attention = attention_factory(layout, model_cfg=model.cfg, counter=counter, local_attn=local_attn)
 
     def forward(
-        x_BCTHW: torch.Tensor,
-        timesteps_B: torch.Tensor,
-        crossattn_emb_BLcCt: torch.Tensor,
-        *,
-        condition_video_input_mask_B1THW: torch.Tensor,
-        condition_video_pose_BCTHW: torch.Tensor,
-        padding_mask_B1HW: torch.Tensor,
-        fps: float | None = None,
+        x_BCTHW: torch.Tensor, timesteps_B: torch.Tensor, crossattn_emb_BLcCt: torch.Tensor, **inputs: Any
     ) -> torch.Tensor:
-        x_BLD, ctx = model.embed(
-            x_BCTHW,
-            timesteps_B,
-            crossattn_emb_BLcCt,
-            condition_video_input_mask_B1THW=condition_video_input_mask_B1THW,
-            condition_video_pose_BCTHW=condition_video_pose_BCTHW,
-            padding_mask_B1HW=padding_mask_B1HW,
-            fps=fps,
-        )
+        x_BLD, ctx = model.embed(x_BCTHW, timesteps_B, crossattn_emb_BLcCt, **inputs)  # embed checks the names
         shard = TokenShard(tokens=x_BLD.shape[1], degree=layout.cp, index=layout.cp_index)
         x_BlD = shard_tokens(x_BLD, shard)
         x_BlD = model.run_blocks(x_BlD, shard_block_context(ctx, shard), attn_op=wrap(bind_attention(shard)))

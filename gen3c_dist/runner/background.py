@@ -6,7 +6,7 @@
   appears only after every other file of the video is complete. A failed write is raised by the next
   :meth:`BackgroundWriter.check` or :meth:`BackgroundWriter.drain` on the main thread, so it ends the run
   through the usual fault path instead of vanishing in a thread.
-* :func:`start_in_background`: a result computed in a thread (the DiT load, which is file reads and
+* :class:`Background`: a result computed in a thread (the DiT load, which is file reads and
   host-to-device copies) while the main thread runs the lead's depth, cache and tokenizer work.
 
 With ``runtime.overlap=false`` both run inline, which is the reference the overlap tests compare against.
@@ -103,6 +103,3 @@ class Background(Generic[T]):
             raise self._error
         return self._value  # type: ignore[return-value]
 
-
-def start_in_background(fn: Callable[[], T], *, enabled: bool) -> Background[T]:
-    return Background(fn, enabled=enabled)

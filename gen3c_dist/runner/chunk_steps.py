@@ -104,8 +104,9 @@ class GroupChunkSteps:
                 latents = encode_distributed(tokenizer, videos, self._specs(chunk_index, buffers), group=self.group,
                                              src=self.src, counter=self.counter)
         with self.timer.stage("broadcast"):
-            text_spec = {name: ((1, self.cfg.text.max_length, self.cfg.model.crossattn_emb_channels), self.dtype)
-                         for name in ("text_cond", "text_uncond")}
+            shapes = conditioning_shapes(self.cfg.model, height=self.cfg.input.height, width=self.cfg.input.width,
+                                         text_length=self.cfg.text.max_length)
+            text_spec = {name: (shapes[name], self.dtype) for name in ("text_cond", "text_uncond")}
             text = None if inputs is None else {"text_cond": inputs.text_cond, "text_uncond": inputs.text_uncond}
             text = broadcast_tensors(text, text_spec, group=self.group, src=self.src, device=self.device)
         latents = [latent.to(self.device) for latent in latents]

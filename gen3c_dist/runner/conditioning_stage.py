@@ -30,13 +30,12 @@ from gen3c_dist.config import LATENT_CHANNELS, CacheConfig, CheckpointConfig, Mo
 from gen3c_dist.geometry.cache3d import Cache3D
 from gen3c_dist.geometry.camera import generate_trajectory, load_trajectory_file
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer
+from gen3c_dist.perf.flops import latent_thw
 from gen3c_dist.runner.jobs import CHUNK_FRAMES, VideoJob
 from gen3c_dist.runner.offload import DeviceSwap
 from gen3c_dist.runner.text_encoder import SessionTextEncoder
 from gen3c_dist.runner.timing import StageTimer
 
-SPATIAL_COMPRESSION = 8
-TEMPORAL_COMPRESSION = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +53,7 @@ class ChunkConditioning:
 
 def conditioning_shapes(model: ModelConfig, *, height: int, width: int, text_length: int) -> dict[str, tuple[int, ...]]:
     """Shapes of every :class:`ChunkConditioning` field, computable on any rank from the config."""
-    lt = 1 + (CHUNK_FRAMES - 1) // TEMPORAL_COMPRESSION
-    h, w = height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION
+    lt, h, w = latent_thw(height, width, pixel_frames=CHUNK_FRAMES)
     return {
         "gt_latent": (1, LATENT_CHANNELS, lt, h, w),
         "pose": (1, 2 * LATENT_CHANNELS * model.frame_buffer_max, lt, h, w),

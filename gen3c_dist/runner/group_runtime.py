@@ -19,11 +19,12 @@ import torch
 
 from gen3c_dist.config import RunConfig
 from gen3c_dist.parallel.comm_counter import CommCounter
-from gen3c_dist.runner.background import Background, BackgroundWriter, start_in_background
+from gen3c_dist.runner.background import Background, BackgroundWriter
 from gen3c_dist.runner.chunk_steps import GroupChunkSteps, LeadChunkSteps, conditioning_broadcaster
 from gen3c_dist.runner.conditioning_stage import VideoConditioner
 from gen3c_dist.runner.jobs import VideoJob
-from gen3c_dist.runner.rank_report import dit_tokens, gather_rank_lines, rank_line
+from gen3c_dist.perf.flops import dit_tokens, latent_thw
+from gen3c_dist.runner.rank_report import gather_rank_lines, rank_line
 from gen3c_dist.runner.timing import StageTimer
 from gen3c_dist.runner.video import GroupRuntime, generate_video
 from gen3c_dist.runner.video_outputs import VideoOutputs
@@ -119,7 +120,7 @@ class Group:
                                                      head_dim=cfg.model.head_dim, cp_size=self.layout.cp))
         overlap = resolve_overlap(cfg, device)
         # The DiT's file reads and copies overlap the lead's model loads and chunk-0 conditioning.
-        dit = start_in_background(
+        dit = Background(
             lambda: self._forward_fn(load_dit_for_run(cfg, device=device, dtype=dtype), cfg, device, dtype),
             enabled=overlap,
         )
@@ -213,7 +214,7 @@ class Group:
                 progress.close()
         steps = len(timer.step_seconds)
         line = rank_line(self.rank, runtime.device, self.counter, steps)
-        line["tokenizer_comm_bytes"] = self.tokenizer_counter.mean_per_step(1)  # whole video, by kind
+        line["tokenizer_comm_bytes"] = self.tokenizer_counter.totals()  # whole video, by kind
         lines = gather_rank_lines(line, group=self.replica_group, size=self.layout.replica_size)
         if outputs is not None:
             extra = self._record_extra(cfg, models, lines)
@@ -230,7 +231,7 @@ class Group:
     def _record_extra(self, cfg: RunConfig, models: LoadedModels, lines: list[dict]) -> dict:
         layout = self.layout
         return {
-            "tokens": dit_tokens(cfg.model, height=cfg.input.height, width=cfg.input.width, latent_frames=16),
+            "tokens": dit_tokens(cfg.model, latent_thw(cfg.input.height, cfg.input.width)),
             "world_size": self.env.world_size,
             "layout": {"data": layout.data, "cfg": layout.cfg, "ulysses": layout.ulysses, "ring": layout.ring,
                        "cp": layout.cp, "attention": layout.attention, "tokenizer": cfg.parallel.tokenizer,

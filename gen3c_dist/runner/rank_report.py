@@ -42,8 +42,3 @@ def gather_rank_lines(line: dict, *, group, size: int) -> list[dict]:
     dist.all_gather_object(lines, line, group=group)
     return [entry for entry in lines if entry is not None]
 
-
-def dit_tokens(model_cfg, *, height: int, width: int, latent_frames: int) -> int:
-    """Tokens of one DiT forward: the latent (8x spatial compression) cut into patches."""
-    h, w = height // 8 // model_cfg.patch_spatial, width // 8 // model_cfg.patch_spatial
-    return (latent_frames // model_cfg.patch_temporal) * h * w
