@@ -70,13 +70,10 @@ class ChunkInputs:
     text_cond: torch.Tensor  # [1, 512, Ct]
     text_uncond: torch.Tensor
 
-    def conditioning(self, latents: list[torch.Tensor], frame_buffer_max: int, dtype: torch.dtype) -> ChunkConditioning:
-        """Assemble the encodes' latents (in ``videos`` order) as the official path does (spec 5.3)."""
-        return assemble_conditioning(latents, frame_buffer_max, dtype, self.text_cond, self.text_uncond)
-
 
 def assemble_conditioning(latents: list[torch.Tensor], frame_buffer_max: int, dtype: torch.dtype,
                           text_cond: torch.Tensor, text_uncond: torch.Tensor) -> ChunkConditioning:
+    """The encodes' latents (in :attr:`ChunkInputs.videos` order) assembled as the official path does (spec 5.3)."""
     gt_latent = latents[0]
     pose = assemble_pose(latents[1:], frame_buffer_max, tuple(gt_latent.shape), dtype=gt_latent.dtype, device=gt_latent.device)
     return ChunkConditioning(gt_latent=gt_latent.to(dtype), pose=pose.to(dtype), text_cond=text_cond, text_uncond=text_uncond)
@@ -236,7 +233,8 @@ class VideoConditioner:
         inputs = self.prepare(chunk_index, last_frame_HW3)
         with self.timer.stage("encode"), self.models.swap.use_tokenizer(self.models.tokenizer, "encoder") as tokenizer:
             latents = [tokenizer.encode(video).contiguous() for video in inputs.videos]  # 1 + 2 * n_buf encodes
-        return inputs.conditioning(latents, self.model_cfg.frame_buffer_max, self.dtype)
+        return assemble_conditioning(latents, self.model_cfg.frame_buffer_max, self.dtype,
+                                     inputs.text_cond, inputs.text_uncond)
 
     # ---- resumption --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -16,11 +16,16 @@ import numpy as np
 import torch
 
 
+def temporary_sibling(final: Path) -> Path:
+    """A hidden name beside ``final`` with the same suffix (writers infer the format from it), unique per process."""
+    return final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path (same suffix, so writers infer the format); rename it to ``final`` on success."""
+    """Yield :func:`temporary_sibling` of ``final``; rename it to ``final`` on success, remove it otherwise."""
     final = Path(final)
-    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+    tmp = temporary_sibling(final)
     try:
         yield tmp
         os.replace(tmp, final)
@@ -29,35 +34,16 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_mp4(final: Path, frames_THW3: np.ndarray, *, fps: int) -> None:
-    """H.264 mp4 with the official writer settings (spec 1.4 step 6): quality 5, no macro-block resizing."""
-    import imageio
-
-    if frames_THW3.dtype != np.uint8 or frames_THW3.ndim != 4 or frames_THW3.shape[-1] != 3:
-        raise ValueError(f"video frames must be uint8 [T, H, W, 3], got {frames_THW3.dtype} {frames_THW3.shape}")
-    height, width = frames_THW3.shape[1:3]
-    with atomic_path(final) as tmp:
-        imageio.mimsave(
-            tmp,
-            list(frames_THW3),
-            format="mp4",
-            fps=fps,
-            quality=5,
-            macro_block_size=1,
-            ffmpeg_params=["-s", f"{width}x{height}"],
-            output_params=["-f", "mp4"],
-        )
-
-
 class Mp4Stream:
-    """An mp4 written chunk by chunk under a temporary name, renamed by :meth:`finish` (same settings as write_mp4).
+    """An H.264 mp4 written chunk by chunk under a temporary name and renamed by :meth:`finish`.
 
-    Lets the frames of chunk k be encoded while chunk k+1 is denoised; :meth:`abort` removes the partial file.
+    The official writer settings (spec 1.4 step 6): quality 5, no macro-block resizing. Lets the frames of chunk
+    k be encoded while chunk k+1 is denoised; :meth:`abort` removes the partial file.
     """
 
     def __init__(self, final: Path, *, fps: int) -> None:
         self.final, self.fps = Path(final), fps
-        self.tmp = self.final.with_name(f".{self.final.stem}.tmp-{os.getpid()}{self.final.suffix}")
+        self.tmp = temporary_sibling(self.final)
         self._writer = None
         self.frames = 0
 
@@ -103,12 +89,6 @@ def write_safetensors(final: Path, tensors: dict[str, torch.Tensor], metadata: d
 
     with atomic_path(final) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-
-
-def write_npy(final: Path, array: np.ndarray) -> None:
-    with atomic_path(final) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
 
 
 def resolve_output_stem(output_dir: str | os.PathLike, name: str) -> Path:
