@@ -6,6 +6,8 @@ Peers of point-to-point ops are global ranks (valid for every torch version the 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -40,6 +42,31 @@ def all_gather(
     return out.view(n, *tensor.shape)
 
 
+def group_ranks(group: dist.ProcessGroup | None, lone_rank: int) -> tuple[int, ...]:
+    """Global ranks of ``group`` in group order; ``(lone_rank,)`` for ``None`` (a group of one)."""
+    return (lone_rank,) if group is None else tuple(dist.get_process_group_ranks(group))
+
+
+Transfer = tuple[torch.Tensor, int, int]  # (tensor, global peer rank, tag)
+
+
+def exchange(sends: Sequence[Transfer], recvs: Sequence[Transfer], *, group: dist.ProcessGroup | None,
+             wait: bool = True) -> list:
+    """Post every send and receive as one batch; returns the works when ``wait`` is False.
+
+    Tags keep several messages between the same pair apart (gloo matches by tag; NCCL ignores tags and matches in
+    posting order, which the callers keep identical on both sides).
+    """
+    ops = [dist.P2POp(dist.isend, t.contiguous(), peer, group, tag) for t, peer, tag in sends]
+    ops += [dist.P2POp(dist.irecv, t, peer, group, tag) for t, peer, tag in recvs]
+    works = dist.batch_isend_irecv(ops) if ops else []
+    if wait:
+        for work in works:
+            work.wait()
+        return []
+    return works
+
+
 def start_ring_exchange(
     send: torch.Tensor,
     recv: torch.Tensor,
@@ -50,13 +77,9 @@ def start_ring_exchange(
     counter: CommCounter | None,
 ) -> list[dist.Work]:
     """Post one isend and one irecv (global ranks) as a batch; the caller overlaps work and then waits."""
-    ops = [
-        dist.P2POp(dist.isend, send, send_to, group),
-        dist.P2POp(dist.irecv, recv, recv_from, group),
-    ]
     if counter is not None:
         counter.add("ring_p2p", _nbytes(send))
-    return dist.batch_isend_irecv(ops)
+    return exchange([(send, send_to, 0)], [(recv, recv_from, 0)], group=group, wait=False)
 
 
 def broadcast(

@@ -36,9 +36,8 @@ from gen3c_dist.model.tokenizer.layers import CausalConv3d, CausalGroupNorm, Hyb
 from gen3c_dist.model.tokenizer.patching import HaarUnpatcher3D
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer, pixels_to_uint8
 from gen3c_dist.parallel.comm_counter import CommCounter
-from gen3c_dist.parallel.tokenizer_parallel import (
-    DecodeSlice, Transfer, exchange, group_ranks, plan_decode_slices,
-)
+from gen3c_dist.parallel.comm import Transfer, exchange, group_ranks
+from gen3c_dist.parallel.tokenizer_parallel import DecodeSlice, plan_decode_slices
 
 # Every module type the hooks account for; anything else in a decoder might mix frames and is refused.
 _KNOWN_MODULES = (VideoDecoder, FactorizedDecoder, MidBlock, UpLevel, ResnetBlock, CausalConv3d, nn.Conv3d,

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from gen3c_dist.geometry.cache3d import WARP_PAIR, Cache3D, WarpSource, check_cameras
 from gen3c_dist.parallel.broadcast import broadcast_tensors
 from gen3c_dist.parallel.comm_counter import CommCounter
-from gen3c_dist.parallel.tokenizer_parallel import Transfer, exchange, group_ranks
+from gen3c_dist.parallel.comm import Transfer, exchange, group_ranks
 
 # The header every rank needs before it can allocate: ok flag, cache and camera sizes, optional parts.
 HEADER_FIELDS = ("ok", "batch", "buffers", "height", "width", "frames", "has_masks", "has_boundary",

@@ -7,7 +7,8 @@ time slice each rank decodes (:func:`plan_decode_slices`), and how many bytes ea
 Encodes (:func:`encode_distributed`): every job is one whole ``tokenizer.encode`` on one rank, so each latent is
 bit-identical to a serial encode on the same hardware. The source rank sends each job's pixels to its owner
 (point-to-point, overlapped with its own encodes), then every owner broadcasts its latents to the whole group.
-Ranks are global ranks throughout; ``group=None`` means a group of one rank (no communication).
+Ranks are global ranks throughout; ``group=None`` means a group of one rank (no communication). The point-to-point
+batches and group-rank lookup are :mod:`gen3c_dist.parallel.comm`'s, shared with the decode and the render.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from gen3c_dist.model.tokenizer.config import VideoTokenizerConfig
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer
 from gen3c_dist.parallel.broadcast import broadcast_tensors
+from gen3c_dist.parallel.comm import Transfer, exchange, group_ranks
 from gen3c_dist.parallel.comm_counter import CommCounter
 
 VideoSpec = tuple[tuple[int, ...], torch.dtype]  # (shape, dtype) of one encode job's pixel video
@@ -128,32 +130,6 @@ def decode_output_bytes(slices: Sequence[DecodeSlice], group_ranks: Sequence[int
     if to_all:
         sent[dst] += sum(s.pixel_frames for s in slices) * frame_bytes * (len(group_ranks) - 1)
     return sent
-
-
-# ---- process-group helpers -------------------------------------------------------------------------------------
-def group_ranks(group: dist.ProcessGroup | None, lone_rank: int) -> tuple[int, ...]:
-    """Global ranks of ``group`` in group order; ``(lone_rank,)`` for ``None`` (a group of one)."""
-    return (lone_rank,) if group is None else tuple(dist.get_process_group_ranks(group))
-
-
-Transfer = tuple[torch.Tensor, int, int]  # (tensor, global peer rank, tag)
-
-
-def exchange(sends: Sequence[Transfer], recvs: Sequence[Transfer], *, group: dist.ProcessGroup | None,
-             wait: bool = True) -> list:
-    """Post every send and receive as one batch; returns the works when ``wait`` is False.
-
-    Tags keep several messages between the same pair apart (gloo matches by tag; NCCL ignores tags and matches in
-    posting order, which the callers keep identical on both sides).
-    """
-    ops = [dist.P2POp(dist.isend, t.contiguous(), peer, group, tag) for t, peer, tag in sends]
-    ops += [dist.P2POp(dist.irecv, t, peer, group, tag) for t, peer, tag in recvs]
-    works = dist.batch_isend_irecv(ops) if ops else []
-    if wait:
-        for work in works:
-            work.wait()
-        return []
-    return works
 
 
 # ---- distributed encodes ---------------------------------------------------------------------------------------
