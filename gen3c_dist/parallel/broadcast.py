@@ -42,11 +42,13 @@ def broadcast_tensors(
     src: int,
     device: torch.device,
     counter: CommCounter | None = None,
+    kind: str = "broadcast",
 ) -> dict[str, torch.Tensor]:
     """Every group member returns the source's tensors (on ``device``), in ``spec`` order.
 
     ``src`` is a global rank (e.g. ``layout.replica_lead``); it passes ``tensors``, followers pass ``None``.
-    With ``group=None`` (a group of one) the source's tensors come back unchanged.
+    With ``group=None`` (a group of one) the source's tensors come back unchanged. The source records the bytes
+    it sends in ``counter`` under ``kind``.
     """
     is_src = group is None or dist.get_rank() == src
     if is_src:
@@ -66,7 +68,7 @@ def broadcast_tensors(
             flat = torch.cat([tensors[n].to(device=device, dtype=wire).reshape(-1) for n in names])
         else:
             flat = torch.empty(sum(sizes), dtype=wire, device=device)
-        broadcast(flat, src=src, group=group, counter=counter, is_src=is_src)
+        broadcast(flat, src=src, group=group, counter=counter, is_src=is_src, kind=kind)
         for name, part in zip(names, torch.split(flat, sizes)):
             out[name] = part.view(spec[name][0]).to(dtype)
     return {name: out[name] for name in spec}

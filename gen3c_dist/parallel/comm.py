@@ -51,12 +51,14 @@ Transfer = tuple[torch.Tensor, int, int]  # (tensor, global peer rank, tag)
 
 
 def exchange(sends: Sequence[Transfer], recvs: Sequence[Transfer], *, group: dist.ProcessGroup | None,
-             wait: bool = True) -> list:
+             wait: bool = True, counter: CommCounter | None = None, kind: str = "p2p") -> list:
     """Post every send and receive as one batch; returns the works when ``wait`` is False.
 
     Tags keep several messages between the same pair apart (gloo matches by tag; NCCL ignores tags and matches in
-    posting order, which the callers keep identical on both sides).
+    posting order, which the callers keep identical on both sides). The sent bytes go to ``counter`` under ``kind``.
     """
+    if counter is not None and sends:
+        counter.add(kind, sum(_nbytes(t) for t, _, _ in sends))
     ops = [dist.P2POp(dist.isend, t.contiguous(), peer, group, tag) for t, peer, tag in sends]
     ops += [dist.P2POp(dist.irecv, t, peer, group, tag) for t, peer, tag in recvs]
     works = dist.batch_isend_irecv(ops) if ops else []
@@ -77,15 +79,15 @@ def start_ring_exchange(
     counter: CommCounter | None,
 ) -> list[dist.Work]:
     """Post one isend and one irecv (global ranks) as a batch; the caller overlaps work and then waits."""
-    if counter is not None:
-        counter.add("ring_p2p", _nbytes(send))
-    return exchange([(send, send_to, 0)], [(recv, recv_from, 0)], group=group, wait=False)
+    return exchange([(send, send_to, 0)], [(recv, recv_from, 0)], group=group, wait=False, counter=counter,
+                    kind="ring_p2p")
 
 
 def broadcast(
-    tensor: torch.Tensor, *, src: int, group: dist.ProcessGroup, counter: CommCounter | None, is_src: bool
+    tensor: torch.Tensor, *, src: int, group: dist.ProcessGroup, counter: CommCounter | None, is_src: bool,
+    kind: str = "broadcast",
 ) -> None:
     """In-place broadcast from global rank ``src``; only the source counts the bytes (once per receiver)."""
     dist.broadcast(tensor, src=src, group=group)
     if counter is not None and is_src:
-        counter.add("broadcast", _nbytes(tensor) * (dist.get_world_size(group) - 1))
+        counter.add(kind, _nbytes(tensor) * (dist.get_world_size(group) - 1))

@@ -36,7 +36,7 @@ from gen3c_dist.model.tokenizer.layers import CausalConv3d, CausalGroupNorm, Hyb
 from gen3c_dist.model.tokenizer.patching import HaarUnpatcher3D
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer, pixels_to_uint8
 from gen3c_dist.parallel.comm_counter import CommCounter
-from gen3c_dist.parallel.comm import Transfer, exchange, group_ranks
+from gen3c_dist.parallel.comm import Transfer, broadcast, exchange, group_ranks
 from gen3c_dist.parallel.tokenizer_parallel import DecodeSlice, plan_decode_slices
 
 # Every module type the hooks account for; anything else in a decoder might mix frames and is refused.
@@ -83,10 +83,6 @@ class TimeSplit:
             raise RuntimeError(f"sequence-parallel decode: {where} got {x_BCTHW.shape[2]} frames, the plan says "
                                f"{self.lengths[self.index]}; the decoder mixes frames in a way the hooks miss")
 
-    def _count(self, kind: str, sends: Sequence[Transfer]) -> None:
-        if self.counter is not None and sends:
-            self.counter.add(kind, sum(t.numel() * t.element_size() for t, _, _ in sends))
-
     def pad_front(self, x_BCTHW: torch.Tensor, count: int) -> torch.Tensor:
         """``count`` frames of causal context in front of the local slice (``CausalConv3d.time_pad_hook``)."""
         if count <= 0:
@@ -99,8 +95,7 @@ class TimeSplit:
         incoming = [(sender, frames) for (sender, receiver), frames in plan.items() if receiver == me]
         recvs = [(x_BCTHW.new_empty(b, c, len(frames), h, w), self.worker_ranks[sender], 0)
                  for sender, frames in incoming]
-        exchange(sends, recvs, group=self.group)
-        self._count("decode_halo", sends)
+        exchange(sends, recvs, group=self.group, counter=self.counter, kind="decode_halo")
         by_frame = {f: buf[:, :, i : i + 1]
                     for (_, frames), (buf, _, _) in zip(incoming, recvs) for i, f in enumerate(frames)}
         needed = [max(0, start - count + i) for i in range(count)]
@@ -117,8 +112,7 @@ class TimeSplit:
         sends = [(kv_2N1TC, rank, 0) for rank in self.worker_ranks[me + 1 :]]
         recvs = [(kv_2N1TC.new_empty(2, k.shape[0], 1, self.lengths[p], k.shape[3]), self.worker_ranks[p], 0)
                  for p in range(me)]
-        exchange(sends, recvs, group=self.group)
-        self._count("decode_kv", sends)
+        exchange(sends, recvs, group=self.group, counter=self.counter, kind="decode_kv")
         if me == 0:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         k_all = torch.cat([buf[0] for buf, _, _ in recvs] + [k], dim=2)
@@ -236,16 +230,12 @@ def _gather_time(local: torch.Tensor | None, slices: Sequence[DecodeSlice], rank
             parts.append(recvs[-1][0])
     if me != dst and local is not None:
         sends.append((local, dst, 0))
-    exchange(sends, recvs, group=group)
-    if counter is not None and sends:
-        counter.add("decode_gather", local.numel() * local.element_size())
+    exchange(sends, recvs, group=group, counter=counter, kind="decode_gather")
     full = torch.cat(parts, dim=time_dim) if me == dst else None
     if to_all:
         if full is None:
             full = torch.empty(shape_with(sum(s.pixel_frames for s in slices)), dtype=dtype, device=device)
-        dist.broadcast(full, src=dst, group=group)
-        if counter is not None and me == dst:
-            counter.add("decode_broadcast", full.numel() * full.element_size() * (len(ranks) - 1))
+        broadcast(full, src=dst, group=group, counter=counter, is_src=me == dst, kind="decode_broadcast")
     return full
 
 

@@ -44,15 +44,6 @@ def plan_render_ranges(num_items: int, group_size: int, *, align: int = WARP_PAI
     return tuple((cuts[i], cuts[i + 1]) for i in range(group_size))
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
-def _count(counter: Optional[CommCounter], kind: str, nbytes: int) -> None:
-    if counter is not None and nbytes:
-        counter.add(kind, nbytes)
-
-
 def _source_problem(cache: Optional[Cache3D], w2cs_BF44: Optional[torch.Tensor], Ks_BF33: Optional[torch.Tensor],
                     device: torch.device) -> Optional[str]:
     """Why the source's input cannot be rendered, or None; found before any communication."""
@@ -80,9 +71,8 @@ def _share_header(cache: Optional[Cache3D], w2cs_BF44: Optional[torch.Tensor], p
                       cache.images_per_warp]
         sent = {"header": torch.tensor(values, dtype=torch.int64)}
     spec = {"header": ((len(HEADER_FIELDS),), torch.int64)}
-    header = broadcast_tensors(sent, spec, group=group, src=src, device=device)["header"].tolist()
-    if is_src and group is not None:
-        _count(counter, "render_state", 8 * len(HEADER_FIELDS) * (dist.get_world_size(group) - 1))
+    header = broadcast_tensors(sent, spec, group=group, src=src, device=device, counter=counter,
+                               kind="render_state")["header"].tolist()
     if is_src and problem is not None:
         raise ValueError(f"render_distributed: {problem}")
     if not header[0]:
@@ -116,9 +106,8 @@ def _share_state(cache: Optional[Cache3D], w2cs_BF44: Optional[torch.Tensor], Ks
         tensors = {"images": cache.images, "points": cache.points, "w2cs": w2cs_BF44, "Ks": Ks_BF33,
                    "masks": cache.masks, "boundary": cache.boundary}
         tensors = {name: tensors[name] for name in spec}
-    got = broadcast_tensors(tensors, spec, group=group, src=src, device=device)
+    got = broadcast_tensors(tensors, spec, group=group, src=src, device=device, counter=counter, kind="render_state")
     if is_src:
-        _count(counter, "render_state", sum(_nbytes(t) for t in tensors.values()) * (dist.get_world_size(group) - 1))
         return cache.warp_source(), w2cs_BF44, Ks_BF33  # its own tensors, not the unpacked copies
     source = WarpSource(got["images"], got["points"], got.get("masks"), got.get("boundary"), head["images_per_warp"])
     return source, got["w2cs"], got["Ks"]
@@ -179,10 +168,8 @@ def render_distributed(
     if to_all and group is not None:
         spec = {"warps": ((B, F, N, 3, H, W), torch.float32), "masks": ((B, F, N, 1, H, W), torch.float32)}
         sent = None if warps is None else {"warps": warps, "masks": masks}
-        got = broadcast_tensors(sent, spec, group=group, src=src, device=device)
-        if is_src:
-            _count(counter, "render_result", (_nbytes(warps) + _nbytes(masks)) * (len(ranks) - 1))
-        else:
+        got = broadcast_tensors(sent, spec, group=group, src=src, device=device, counter=counter, kind="render_result")
+        if not is_src:
             warps, masks = got["warps"], got["masks"]
     return warps, masks
 
@@ -194,8 +181,8 @@ def _send_to_source(source: WarpSource, w2cs_BF44: torch.Tensor, Ks_BF33: torch.
     if stop == start:
         return
     images_J3HW, masks_J1HW, _ = source.warp_range(w2cs_BF44, Ks_BF33, start, stop)
-    exchange([(images_J3HW, src, _TAG_WARPS), (masks_J1HW, src, _TAG_MASKS)], [], group=group)
-    _count(counter, "render_gather", _nbytes(images_J3HW) + _nbytes(masks_J1HW))
+    exchange([(images_J3HW, src, _TAG_WARPS), (masks_J1HW, src, _TAG_MASKS)], [], group=group, counter=counter,
+             kind="render_gather")
 
 
 def _gather_at_source(cache: Cache3D, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor,

@@ -156,11 +156,6 @@ def _check_sources(videos: Sequence[torch.Tensor] | None, specs: Sequence[VideoS
                              f"{dtype}")
 
 
-def _count(counter: CommCounter | None, kind: str, nbytes: int) -> None:
-    if counter is not None and nbytes:
-        counter.add(kind, nbytes)
-
-
 def encode_distributed(tokenizer: VideoTokenizer, videos: Sequence[torch.Tensor] | None,
                        specs: Sequence[VideoSpec], *, group: dist.ProcessGroup | None, src: int,
                        counter: CommCounter | None = None) -> list[torch.Tensor]:
@@ -188,12 +183,11 @@ def encode_distributed(tokenizer: VideoTokenizer, videos: Sequence[torch.Tensor]
             inputs[j] = videos[j]
         elif me == src:
             sends.append((videos[j].to(device), owner, j))
-            _count(counter, "encode_inputs", _nbytes(shape, dtype))
         elif me == owner:
             inputs[j] = torch.empty(shape, dtype=dtype, device=device)
             recvs.append((inputs[j], src, j))
     # Receivers wait for their pixels; the source encodes its own jobs while its sends drain.
-    works = exchange(sends, recvs, group=group, wait=me != src)
+    works = exchange(sends, recvs, group=group, wait=me != src, counter=counter, kind="encode_inputs")
     mine = {j: tokenizer.encode(inputs[j]).contiguous() for j in sorted(inputs)}
     for work in works:
         work.wait()
@@ -211,9 +205,9 @@ def _share_latents(mine: dict[int, torch.Tensor], specs: Sequence[VideoSpec], ow
             continue
         spec = {str(j): (latent_shape(specs[j][0], tokenizer.config), specs[j][1]) for j in jobs}
         source = {str(j): mine[j] for j in jobs} if me == owner else None
-        received = broadcast_tensors(source, spec, group=group, src=owner, device=tokenizer.device)
+        received = broadcast_tensors(source, spec, group=group, src=owner, device=tokenizer.device, counter=counter,
+                                     kind="encode_latents")
         if me == owner:
-            _count(counter, "encode_latents", sum(_nbytes(*s) for s in spec.values()) * (len(ranks) - 1))
             received = source  # the owner keeps its own tensors, not the unpacked copies
         latents.update({int(name): tensor for name, tensor in received.items()})
     return [latents[j] for j in range(len(specs))]
