@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gen3c_dist.runner import session
 from gen3c_dist.runner.conditioning_stage import VideoConditioner
 from gen3c_dist.runner.session import run_session
 from tests.runner_utils import FAST_DEMO, compose, run_cli

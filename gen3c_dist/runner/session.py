@@ -14,7 +14,6 @@ import os
 import platform
 import sys
 import time
-from typing import Optional
 
 import torch
 
