@@ -125,13 +125,20 @@ def _bad_files() -> list[tuple[str, object, str]]:
     nonfinite[0, 0, 3] = np.nan
     neg_focal = np.tile(K, (3, 1, 1))
     neg_focal[2, 1, 1] = -1.0
+    singular = good.copy()
+    singular[2, :3, :3] = 0.0
+    scaled = good.copy()
+    scaled[1, :3, :3] *= 1.5  # invertible but not rigid: R^T R = 2.25 I
     return [
         ("short.json", (good[:2], K), "has 2 poses, but 3 frames are requested"),
         ("shape.json", (good[:, :3], K), "'w2c' must have shape [N, 4, 4]"),
         ("kshape.json", (good, np.eye(4)), "'intrinsics' must have shape"),
-        ("bottom.json", (bottom, K), "bottom row is not [0, 0, 0, 1] at frame 1"),
-        ("nan.npz", (nonfinite, K), "'w2c' contains non-finite values"),
-        ("focal.npz", (good, neg_focal), "focal length is not positive at frame 2"),
+        ("bottom.json", (bottom, K), "'w2c': w2c of frame 1 has bottom row [0.0, 0.0, 0.5, 1.0], not [0, 0, 0, 1]"),
+        ("nan.npz", (nonfinite, K), "'w2c': w2c of frame 0 holds non-finite values"),
+        ("focal.npz", (good, neg_focal), "'intrinsics': intrinsics of frame 2 have focal lengths fx = 20, fy = -1"),
+        ("singular.json", (singular, K), "'w2c': w2c of frame 2 is not invertible (det of its rotation = 0)"),
+        ("scaled.npz", (scaled, K), "'w2c': w2c of frame 1 is not a rigid pose: its rotation has orthogonality error "
+                                    "max|R^T R - I| = 1.25 (allowed 0.001) and det = 3.375 (must be +1)"),
         ("nokey.npz", (good, None), "missing key 'intrinsics'"),
         ("cams.txt", (good, K), "unsupported extension"),
     ]

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gen3c_dist.geometry.pose_checks import check_intrinsics, check_w2c
+
 LINEAR_TRAJECTORIES: dict[str, tuple[int, float]] = {
     # name -> (axis index, sign); y points down, so "up" moves along -y.
     "left": (0, -1.0),
@@ -154,18 +156,9 @@ def _validate_trajectory(path: Path, w2c: np.ndarray, K: np.ndarray, num_frames:
         raise ValueError(
             f"trajectory file {path}: 'intrinsics' must have shape [3, 3] or [{num_frames}, 3, 3], got {list(K.shape)}"
         )
-    for key, arr in (("w2c", w2c), ("intrinsics", K)):
-        if not np.isfinite(arr).all():
-            raise ValueError(f"trajectory file {path}: '{key}' contains non-finite values")
-    bad_rows = np.flatnonzero(np.abs(w2c[:, 3, :] - [0.0, 0.0, 0.0, 1.0]).max(axis=1) > 1e-6)
-    if bad_rows.size:
-        raise ValueError(f"trajectory file {path}: 'w2c' bottom row is not [0, 0, 0, 1] at frame {int(bad_rows[0])}")
-    K_N33 = K.reshape(-1, 3, 3)
-    bad_focal = np.flatnonzero((K_N33[:, 0, 0] <= 0) | (K_N33[:, 1, 1] <= 0))
-    if bad_focal.size:
-        raise ValueError(
-            f"trajectory file {path}: 'intrinsics' focal length is not positive at frame {int(bad_focal[0])}"
-        )
+    # Rigid poses and positive focal lengths; the messages name the file, the frame and the measured problem.
+    check_w2c(w2c, what=f"trajectory file {path}: 'w2c'")
+    check_intrinsics(K, what=f"trajectory file {path}: 'intrinsics'")
 
 
 def load_trajectory_file(path: str | Path, *, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
