@@ -47,6 +47,7 @@ setup(
             "gen3c-run=gen3c_dist.run:main",
             "gen3c-convert=gen3c_dist.convert:main",
             "gen3c-sweep=gen3c_dist.perf.sweep:main",
+            "gen3c-plan=gen3c_dist.plan:main",
         ]
     },
 )

@@ -10,10 +10,114 @@ dict maps onto :class:`ModelConfig` with :meth:`ModelConfig.from_official`.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from gen3c_dist.errors import InputError
+
 LATENT_CHANNELS = 16
+
+
+class Choice(str, enum.Enum):
+    """A config field with a fixed set of values. OmegaConf refuses any other value when the config is composed
+    (naming the key and the choices), and ``python -m gen3c_dist.run --help`` lists them.
+
+    Members are strings (``Choice.x == "x"``), so code and JSON records treat them as the plain names.
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(member.value for member in cls)
+
+
+class Backend(Choice):
+    auto = "auto"  # nccl when CUDA is available, else gloo
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class LayoutMode(Choice):
+    auto = "auto"  # unset degrees are chosen from the world, the videos and the model (gen3c_dist.parallel.auto_layout)
+    explicit = "explicit"  # unset degrees are 1, and data takes what the world leaves
+
+
+class AttentionBackend(Choice):
+    native = "native"  # Ulysses / ring / hybrid from the degrees
+    ulysses = "ulysses"  # the same kernels, insisting on ulysses >= 2
+    ring = "ring"  # the same kernels, insisting on ring >= 2
+    deepspeed = "deepspeed"  # DeepSpeed DistributedAttention (Ulysses only)
+    transformer_engine = "transformer_engine"  # TE context parallel (CUDA)
+
+
+class TokenizerPlacement(Choice):
+    group = "group"  # the replica shares the cache render, the encodes and a sequence-parallel decode
+    lead = "lead"  # the lead does all of it (the official placement)
+
+
+class GeneratedFrameDepth(Choice):
+    moge = "moge"  # official: MoGe on the generated frame, aligned to the cache
+    cache_render = "cache_render"  # the cache's own depth at that camera (random-weight runs)
+
+
+class TrajectoryType(Choice):
+    left = "left"
+    right = "right"
+    up = "up"
+    down = "down"
+    zoom_in = "zoom_in"
+    zoom_out = "zoom_out"
+    clockwise = "clockwise"
+    counterclockwise = "counterclockwise"
+
+
+class CameraRotation(Choice):
+    center_facing = "center_facing"
+    no_rotation = "no_rotation"
+    trajectory_aligned = "trajectory_aligned"
+
+
+class TokenizerBackend(Choice):
+    native = "native"  # this repo's network, loaded from the TorchScript weights
+    torchscript = "torchscript"  # run encoder.jit / decoder.jit as they are
+
+
+class TokenizerPreset(Choice):
+    cv8x8x8_720p = "cv8x8x8_720p"  # Cosmos-Tokenize1-CV8x8x8-720p
+    tiny = "tiny"  # same structure, 4 base channels: tests and the demo
+
+
+class GuidancePolicy(Choice):
+    official = "official"  # both passes at every guidance value; g = 1 means F = 2 Fc - Fu
+    nonofficial_skip_uncond_at_guidance_1 = "nonofficial_skip_uncond_at_guidance_1"  # F = Fc at g = 1
+
+
+class DType(Choice):
+    auto = "auto"  # bfloat16 on CUDA, float32 on the CPU
+    bfloat16 = "bfloat16"
+    bf16 = "bfloat16"  # alias
+    float32 = "float32"
+    fp32 = "float32"  # alias
+    float16 = "float16"
+
+
+class AttentionKernel(Choice):
+    """Single-device attention kernel (gen3c_dist.model.kernels)."""
+
+    auto = "auto"
+    sdpa = "sdpa"
+    sdpa_flash = "sdpa_flash"
+    sdpa_cudnn = "sdpa_cudnn"
+    sdpa_efficient = "sdpa_efficient"
+    sdpa_math = "sdpa_math"
+    flash_attn = "flash_attn"
+    te = "te"
 
 # Official constructor arguments that GEN3C fixes; ``from_official`` accepts them only with these values.
 _FIXED_OFFICIAL_VALUES: dict[str, Any] = {
@@ -59,16 +163,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         expected_in = LATENT_CHANNELS + 1 + 2 * LATENT_CHANNELS * self.frame_buffer_max
         if self.in_channels != expected_in:
-            raise ValueError(
+            raise InputError(
                 f"model.in_channels={self.in_channels} does not match model.frame_buffer_max={self.frame_buffer_max}: "
                 f"GEN3C needs 16 + 1 + 32*frame_buffer_max = {expected_in}"
             )
         if self.model_channels % self.num_heads:
-            raise ValueError(f"model.model_channels={self.model_channels} is not divisible by num_heads={self.num_heads}")
+            raise InputError(f"model.model_channels={self.model_channels} is not divisible by num_heads={self.num_heads}")
         if self.head_dim % 2 or (self.head_dim // 6 * 2) % 2 or (self.head_dim - 2 * (self.head_dim // 6 * 2)) % 2:
-            raise ValueError(f"head dim {self.head_dim} cannot be split into even t/h/w RoPE parts")
+            raise InputError(f"head dim {self.head_dim} cannot be split into even t/h/w RoPE parts")
         if self.out_channels != LATENT_CHANNELS:
-            raise ValueError(f"model.out_channels must be {LATENT_CHANNELS} (the tokenizer's latent channels)")
+            raise InputError(f"model.out_channels must be {LATENT_CHANNELS} (the tokenizer's latent channels)")
 
     @property
     def head_dim(self) -> int:
@@ -93,9 +197,9 @@ class ModelConfig:
                 kwargs[key] = value
             elif key in _FIXED_OFFICIAL_VALUES:
                 if value != _FIXED_OFFICIAL_VALUES[key]:
-                    raise ValueError(f"official config {key}={value!r} is not supported; GEN3C uses {_FIXED_OFFICIAL_VALUES[key]!r}")
+                    raise InputError(f"official config {key}={value!r} is not supported; GEN3C uses {_FIXED_OFFICIAL_VALUES[key]!r}")
             elif key not in _IGNORED_OFFICIAL_KEYS:
-                raise ValueError(f"official config key {key!r} is unknown to gen3c_dist.ModelConfig")
+                raise InputError(f"official config key {key!r} is unknown to gen3c_dist.ModelConfig")
         if "frame_buffer_max" not in kwargs and "in_channels" in kwargs:
             kwargs["frame_buffer_max"] = (kwargs["in_channels"] - LATENT_CHANNELS - 1) // (2 * LATENT_CHANNELS)
         return cls(**kwargs)
@@ -113,7 +217,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 
 def model_preset(name: str) -> ModelConfig:
     if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+        raise InputError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
     return dataclasses.replace(MODEL_PRESETS[name])
 
 
@@ -135,29 +239,34 @@ class CheckpointConfig:
 class DistributedConfig:
     """How the process group is created (context-parallel layout lives in ParallelConfig)."""
 
-    backend: str = "auto"  # auto: nccl when CUDA is available, else gloo; or nccl | gloo explicitly
+    backend: Backend = Backend.auto
     timeout_s: float = 600.0  # every collective gives up after this long instead of hanging
     fault_grace_s: float = 5.0  # after a failure, how long ranks wait for the store report / acknowledgements
 
 
 @dataclass
 class ParallelConfig:
-    """Layout of the ranks: data-parallel groups x cfg axis x context-parallel (Ulysses x ring).
+    """Layout of the ranks: data-parallel replicas x cfg axis x context-parallel group (Ulysses x ring).
 
     world = data * cfg * ulysses * ring. Ranks are numbered data-major, Ulysses-minor, so a Ulysses group is
     consecutive ranks (one node's NVLink) and the ring runs across them. Validated by gen3c_dist.parallel.layout.
+
+    ``layout=auto`` (the default) chooses every degree left unset (null) before any weights load: one video gets
+    every rank, cfg = 2 whenever both guidance passes run, Ulysses inside a node up to what the heads allow, the
+    ring across nodes, and for a batch the replica count with the shortest projected makespan
+    (gen3c_dist.parallel.auto_layout). A degree that is set is kept. ``layout=explicit``: unset degrees are 1 and
+    ``data`` takes what the world leaves, with no search.
     """
 
-    ulysses: int = 1  # Ulysses degree: all-to-all from sequence shards to head shards
-    ring: int = 1  # ring degree: K/V blocks passed around the ring
-    cfg: int = 1  # 2 runs the cond and uncond passes of each step on different ranks
-    data: int = 0  # data-parallel degree; 0 = whatever the world size leaves, world / (cfg * ulysses * ring)
-    # native: Ulysses/ring/hybrid from the degrees | ulysses, ring: the same kernels, but insist that degree is >= 2
-    # | deepspeed: DeepSpeed DistributedAttention (Ulysses only) | transformer_engine: TE context parallel (CUDA)
-    attention: str = "native"
-    # Tokenizer work of a replica: "group" spreads the chunk's encodes over its ranks and decodes sequence-
-    # parallel across them (equal to a single decode); "lead" runs all of it on the lead rank (official).
-    tokenizer: str = "group"
+    layout: LayoutMode = LayoutMode.auto
+    ulysses: Optional[int] = None  # Ulysses degree: all-to-all from sequence shards to head shards
+    ring: Optional[int] = None  # ring degree: K/V blocks passed around the ring
+    cfg: Optional[int] = None  # 2 runs the cond and uncond passes of each step on different ranks
+    data: Optional[int] = None  # data-parallel replicas; null: chosen (auto) or world / (cfg * ulysses * ring)
+    attention: AttentionBackend = AttentionBackend.native
+    # Tokenizer work of a replica: "group" spreads the chunk's cache render and encodes over its ranks and
+    # decodes sequence-parallel across them (equal to a single decode); "lead" runs all of it on the lead rank.
+    tokenizer: TokenizerPlacement = TokenizerPlacement.group
 
 
 @dataclass
@@ -178,8 +287,8 @@ class InputConfig:
 
 @dataclass
 class TrajectoryConfig:
-    type: str = "left"  # left right up down zoom_in zoom_out clockwise counterclockwise
-    rotation: str = "center_facing"  # center_facing no_rotation trajectory_aligned
+    type: TrajectoryType = TrajectoryType.left
+    rotation: CameraRotation = CameraRotation.center_facing
     distance: float = 0.3  # movement_distance
     center_depth: float = 1.0  # fixed in the official script (spec 7.7, quirk 3)
     file: Optional[str] = None  # JSON/npz of per-frame w2c [N,4,4] and intrinsics; replaces type/rotation
@@ -193,7 +302,7 @@ class CacheConfig:
     # Depth of each generated frame fed back into the cache: "moge" (official, aligned to the cache) or
     # "cache_render" (the cache's own depth rendered at that camera, no depth model). The second exists for
     # random-weight runs (demo, tests), whose frames carry no geometry a depth model could recover.
-    generated_frame_depth: str = "moge"
+    generated_frame_depth: GeneratedFrameDepth = GeneratedFrameDepth.moge
 
 
 @dataclass
@@ -205,15 +314,15 @@ class TextConfig:
 
 @dataclass
 class TokenizerConfig:
-    preset: str = "cv8x8x8_720p"  # network shape; `tiny` for tests and the demo
-    backend: str = "native"  # native | torchscript (run encoder.jit/decoder.jit as they are)
+    preset: TokenizerPreset = TokenizerPreset.cv8x8x8_720p
+    backend: TokenizerBackend = TokenizerBackend.native
 
 
 @dataclass
 class SamplerConfig:
     steps: int = 35
     guidance: float = 1.0  # F = Fc + g (Fc - Fu); 1 is not "off" (spec 4.5)
-    guidance_policy: str = "official"  # or nonofficial_skip_uncond_at_guidance_1 (F = Fc at g = 1)
+    guidance_policy: GuidancePolicy = GuidancePolicy.official
     sigma_min: float = 0.0002
     sigma_max: float = 80.0
     sigma_data: float = 0.5
@@ -239,8 +348,8 @@ class BatchConfig:
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
-    dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
-    progress: bool = True  # tqdm bar on rank 0
+    dtype: DType = DType.auto
+    progress: bool = True  # tqdm bar on rank 0, shown only when stderr is a terminal
     # Memory: move the tokenizer, MoGe and T5 to the CPU whenever they are not running (smaller GPUs).
     offload: bool = False
     # Overlap: load the DiT in a background thread while the lead computes chunk-0 conditioning, and write
@@ -249,7 +358,7 @@ class RuntimeConfig:
     # a 2-process demo ~10% slower; benchmarks/results/cpu-amd-epyc-2c/README.md).
     overlap: Optional[bool] = None
     # Single-device speed (CUDA only; "auto"/false on the CPU). See gen3c_dist/model/acceleration.py.
-    attention_kernel: str = "auto"  # auto | sdpa | sdpa_flash | sdpa_cudnn | sdpa_efficient | sdpa_math | flash_attn | te
+    attention_kernel: AttentionKernel = AttentionKernel.auto
     compile: bool = False  # torch.compile every DiT block
     cuda_graphs: bool = False  # capture the fixed-shape DiT forward in a CUDA graph and replay it each step
 
@@ -278,3 +387,6 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(group="model", name="model_schema", node=ModelConfig)
+    # The model presets have one source, MODEL_PRESETS: `model=tiny` on the command line picks this entry.
+    for name, preset in MODEL_PRESETS.items():
+        store.store(group="model", name=name, node=preset)

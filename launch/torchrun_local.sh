@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One node, no scheduler: start one gen3c_dist.run process per GPU with torchrun.
 #
-#   launch/torchrun_local.sh input.image=x.png trajectory.type=zoom_in parallel.ulysses=4 parallel.cfg=2
+#   launch/torchrun_local.sh input.image=x.png trajectory.type=zoom_in
 #
 # Every argument is a Hydra override handed to the runner unchanged. Environment overrides (see launch/README.md):
 #   NGPU         processes to start (default: GPUs in CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`, else 1)

@@ -19,9 +19,11 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from gen3c_dist.config import DistributedConfig
-from gen3c_dist.parallel.distributed import DistEnv, init_distributed, shutdown_distributed
+
+from gen3c_dist.parallel.distributed import EXIT_KEY, DistEnv, arrive_and_wait, init_distributed, shutdown_distributed
 
 if TYPE_CHECKING:
     from gen3c_dist.config import ModelConfig
@@ -58,7 +60,8 @@ def _to_bytes(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _worker(fn: RankFn, rank: int, world_size: int, port: int, args: tuple, config: DistributedConfig, out: Any) -> None:
+def _worker(fn: RankFn, rank: int, world_size: int, port: int, args: tuple, config: DistributedConfig, out: Any,
+            join_wait_s: float) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
     )
@@ -77,8 +80,14 @@ def _worker(fn: RankFn, rank: int, world_size: int, port: int, args: tuple, conf
     out.close()
     out.join_thread()  # flush the queue's feeder thread: os._exit below would drop unsent data
     if env is not None and result.error_type is None:
-        shutdown_distributed(env)
-    # A rank that raised leaves its (possibly broken) process group to process exit, as a real job does.
+        # Waits for every rank first: rank 0 hosts the store, and peers may still be using it (a subgroup that
+        # rank 0 is not in still rendezvous through it), so it must not leave before they are done.
+        shutdown_distributed(env, wait_s=join_wait_s)
+    elif env is not None and env.distributed and dist.is_initialized():
+        # A rank that raised leaves its (possibly broken) process group to process exit, as a real job does,
+        # but counts itself out first so the others' exit wait does not run to its bound (the fault guard has
+        # already torn the group down on a rank that failed inside it: then there is no store to tell).
+        arrive_and_wait(dist.distributed_c10d._get_default_store(), EXIT_KEY, env.world_size, wait_s=0)
     os._exit(0 if result.error_type is None else 1)
 
 
@@ -97,7 +106,8 @@ def run_distributed(
     config = DistributedConfig(backend="gloo", timeout_s=timeout_s, fault_grace_s=fault_grace_s)
     out = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(fn, r, world_size, port, args, config, out)) for r in range(world_size)]
+    procs = [ctx.Process(target=_worker, args=(fn, r, world_size, port, args, config, out, join_timeout_s))
+             for r in range(world_size)]
     for proc in procs:
         proc.start()
     results: dict[int, RankResult] = {}

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from gen3c_dist.runner.conditioning_stage import VideoConditioner
 from gen3c_dist.runner.session import run_session
-from tests.runner_utils import FAST_DEMO, compose, run_cli
+from tests.runner_utils import FAST_DEMO, REPO, compose, run_cli
 
 
 def demo_config(tmp_path: Path, *extra: str):
@@ -31,6 +31,14 @@ def test_demo_writes_video_preview_latents_and_record(tmp_path: Path):
     assert record["frames"] == 121 and record["seed"] == 1 and record["random_weights"] is True
     assert {"conditioning", "encode", "denoise", "decode", "write"} <= set(record["stages_s"])
     assert len(record["steps_s"]) == 3 and record["versions"]["torch"] == torch.__version__
+    from importlib import metadata
+
+    import gen3c_dist
+
+    assert record["versions"]["gen3c_dist"] == metadata.version("gen3c_dist") == gen3c_dist.__version__
+    assert record["versions"]["gen3c_dist_commit"].split("+")[0] == gen3c_dist.source_commit().split("+")[0]
+    assert record["schema_version"] == 2 and record["machine"]["gpu_count"] == 0 and record["machine"]["host"]
+    assert isinstance(record["command_line"], list)
     assert record["config"]["sampler"]["steps"] == 3 and "world 1" in record["parallel_layout"]
     latents = load_file(str(tmp_path / "demo_latents.safetensors"))
     assert latents["chunk0"].shape == (1, 16, 16, 8, 12) and torch.isfinite(latents["chunk0"]).all()
@@ -83,7 +91,6 @@ def test_241_frames_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: P
         (["input.image=/nonexistent/photo.png"], "input.image /nonexistent/photo.png: no such file"),
         (["input.num_frames=200"], "nearest valid counts are 121 and 241"),
         (["output.name=../escape"], "escapes the output folder"),
-        (["trajectory.type=sideways"], "trajectory.type='sideways' is not one of"),
         (["trajectory.distance=-1"], "trajectory.distance=-1"),
         (["parallel.ulysses=2"], "parallel"),
     ],
@@ -130,6 +137,31 @@ def test_cli_bad_input_is_one_clear_message(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trajectory.type=sideways", "trajectory.type: Invalid value 'sideways', expected one of [left, right, up, down"),
+        ("parallel.tokenizer=everywhere", "parallel.tokenizer: Invalid value 'everywhere', expected one of [group, lead]"),
+        ("runtime.dtype=fp64", "runtime.dtype: Invalid value 'fp64', expected one of [auto, bfloat16, bf16"),
+        ("sampler.steps=many", "sampler.steps: Value 'many' of type 'str' could not be converted to Integer"),
+        ("input.colour=red", "Key 'colour' not in 'InputConfig'"),
+    ],
+)
+def test_config_errors_are_refused_at_composition_in_one_line(override: str, message: str):
+    result = run_cli(["--config-name", "demo", override])
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("gen3c_dist: invalid configuration:") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_help_lists_every_choice():
+    result = run_cli(["--help"])
+    assert result.returncode == 0
+    assert "parallel.layout = auto    [one of auto | explicit]" in result.stdout
+    assert "runtime.dtype = auto    [one of auto | bfloat16 | bf16 | float32 | fp32 | float16]" in result.stdout
+    assert "sampler.guidance_policy = official    [one of official | nonofficial_skip_uncond_at_guidance_1]" in result.stdout
+
+
 def test_cli_shows_resolved_config():
     result = run_cli(["--config-name", "demo", "--cfg", "job", "trajectory.type=zoom_in", "sampler.steps=7"])
     assert result.returncode == 0, result.stderr
@@ -137,32 +169,54 @@ def test_cli_shows_resolved_config():
 
 
 def test_presets_compose_and_match_the_python_presets():
-    from gen3c_dist.config import MODEL_PRESETS
+    from gen3c_dist.config import MODEL_PRESETS, ModelConfig
 
-    assert compose("gen3c_7b", []).model == MODEL_PRESETS["gen3c_cosmos_7b"]
+    assert compose("gen3c_7b", []).model == MODEL_PRESETS["gen3c_cosmos_7b"] == ModelConfig()
     assert compose("demo", []).model == MODEL_PRESETS["tiny"]
+    for name, preset in MODEL_PRESETS.items():  # `model=NAME` on the command line is the Python preset
+        assert compose("gen3c_7b", [f"model={name}"]).model == preset
+    assert not (REPO / "conf" / "model").exists()  # the presets have one source
     assert os.path.isfile(compose("demo", []).input.image)
 
 
+@pytest.fixture(scope="module")
+def single_process_latents(tmp_path_factory):
+    """The single-process reference per set of sampler/input overrides, computed once for the module."""
+    cache: dict[tuple, dict] = {}
+
+    def reference(extra: tuple[str, ...]) -> dict:
+        if extra not in cache:
+            out = tmp_path_factory.mktemp("single")
+            result = run_cli(["--config-name", "demo", *FAST_DEMO, "output.save_latents=true", *extra, f"output.dir={out}"])
+            assert result.returncode == 0, result.stderr[-3000:]
+            cache[extra] = load_file(str(out / "demo_latents.safetensors"))
+        return cache[extra]
+
+    return reference
+
+
 @pytest.mark.parametrize(
-    "nproc, layout",
+    "nproc, layout, auto_degrees",
     [
-        (2, ["parallel.ulysses=2", "input.num_frames=241"]),
-        (2, ["parallel.cfg=2", "sampler.guidance=2.5"]),
-        (3, ["parallel.ring=3", "runtime.overlap=true"]),  # the DiT loads beside the replica's render/encodes
-        (2, ["parallel.ulysses=2", "parallel.tokenizer=lead", "runtime.overlap=false"]),
+        (2, [], (2, 1, 1)),  # no layout options: cfg 2
+        (3, [], (1, 1, 3)),  # odd world, 4 heads: ring 3
+        (4, [], (2, 2, 1)),  # cfg 2 x Ulysses 2
+        (2, ["parallel.ulysses=2", "input.num_frames=241"], None),
+        (2, ["parallel.cfg=2", "sampler.guidance=2.5"], None),
+        (3, ["parallel.ring=3", "runtime.overlap=true"], None),  # the DiT loads beside the replica's render/encodes
+        (2, ["parallel.ulysses=2", "parallel.tokenizer=lead", "runtime.overlap=false"], None),
     ],
-    ids=["2proc-ulysses-241frames", "2proc-cfg", "3proc-ring-overlap", "2proc-ulysses-lead-tokenizer-inline"],
+    ids=["2proc-auto", "3proc-auto", "4proc-auto", "2proc-ulysses-241frames", "2proc-cfg", "3proc-ring-overlap",
+         "2proc-ulysses-lead-tokenizer-inline"],
 )
-def test_demo_under_torchrun_matches_single_process(tmp_path: Path, nproc: int, layout: list[str]):
-    extra = [x for x in layout if x.startswith(("sampler.", "input."))]
-    single, multi = tmp_path / "single", tmp_path / "multi"
+def test_demo_under_torchrun_matches_single_process(tmp_path: Path, single_process_latents, nproc: int,
+                                                     layout: list[str], auto_degrees):
+    extra = tuple(x for x in layout if x.startswith(("sampler.", "input.")))
+    multi = tmp_path / "multi"
     common = ["--config-name", "demo", *FAST_DEMO, "output.save_latents=true", *extra]
-    result = run_cli([*common, f"output.dir={single}"])
+    result = run_cli([*common, f"output.dir={multi}", *[x for x in layout if x not in extra]], nproc=nproc)
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_cli([*common, f"output.dir={multi}", *layout], nproc=nproc)
-    assert result.returncode == 0, result.stderr[-3000:]
-    single_latents = load_file(str(single / "demo_latents.safetensors"))
+    single_latents = single_process_latents(extra)
     multi_latents = load_file(str(multi / "demo_latents.safetensors"))
     a, b = single_latents["chunk0"], multi_latents["chunk0"]
     assert ((a - b).abs().max() / a.abs().max()).item() < 1e-5
@@ -173,12 +227,16 @@ def test_demo_under_torchrun_matches_single_process(tmp_path: Path, nproc: int, 
         assert ((a - b).abs().max() / a.abs().max()).item() < 1e-2
     record = json.loads((multi / "demo.json").read_text())
     assert f"world {nproc}" in record["parallel_layout"]
+    degrees = {k: record["layout"][k] for k in ("ulysses", "ring", "cfg")}
+    if auto_degrees is not None:
+        assert (degrees["cfg"], degrees["ulysses"], degrees["ring"]) == auto_degrees
+        assert record["layout"]["mode"] == "auto" and "every rank works on each" in record["layout"]["reason"]
+        assert record["layout"]["requested"] == {"data": None, "cfg": None, "ulysses": None, "ring": None}
     # Every rank's DiT traffic per step is in the record, and equals the layout's exact formula.
     from gen3c_dist.config import ParallelConfig, model_preset
     from gen3c_dist.parallel.comm_counter import expected_bytes_per_step
     from gen3c_dist.parallel.layout import plan_layout
 
-    degrees = {k: record["layout"][k] for k in ("ulysses", "ring", "cfg")}
     plan = plan_layout(ParallelConfig(**degrees), world_size=nproc, rank=0, num_heads=4, guidance_runs_both=True)
     expected = expected_bytes_per_step(plan, model_cfg=model_preset("tiny"), latent_BCTHW=(1, 16, 16, 8, 12), element_size=4)
     assert [line["rank"] for line in record["ranks"]] == list(range(nproc))
@@ -190,9 +248,33 @@ def test_demo_under_torchrun_matches_single_process(tmp_path: Path, nproc: int, 
     if record["layout"]["tokenizer"] == "group":  # the encodes and the decode were shared
         assert tokenizer_traffic[0]["encode_inputs"] > 0 and tokenizer_traffic[0]["decode_halo"] > 0
         assert tokenizer_traffic[0]["render_state"] > 0 and tokenizer_traffic[1]["render_gather"] > 0
-        assert all(t["encode_latents"] > 0 for t in tokenizer_traffic)
+        # Chunk 0 has 3 encodes (condition, warp, mask of one buffer), one per rank while ranks last.
+        assert sum(t.get("encode_latents", 0) > 0 for t in tokenizer_traffic) == min(nproc, 3)
     else:
         assert tokenizer_traffic == [{}] * nproc
+    # What a user sees: one layout line at the start, the random-weights warning once, every file at the end.
+    assert result.stderr.count("seeded RANDOM weights") == 1, result.stderr[-3000:]
+    assert result.stderr.count("INFO gen3c_dist: layout: world") == 1
+    for name in ("demo.mp4", "demo_cache.mp4", "demo_latents.safetensors", "demo.json"):
+        assert f"wrote {multi / name}" in result.stderr
+
+
+def test_jobless_and_short_replicas_stay_until_the_end(tmp_path: Path):
+    """3 videos on 2 replicas, then 1 video on 3 replicas: every rank exits 0 and every output is complete."""
+    image = compose("demo", []).input.image
+    jsonl = tmp_path / "three.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"image": image, "name": f"v{i}", "seed": i}) for i in range(3)) + "\n")
+    batch = run_cli(["--config-name", "demo", *FAST_DEMO, f"batch.jsonl={jsonl}", f"output.dir={tmp_path / 'b'}",
+                     "parallel.data=2"], nproc=2)
+    assert batch.returncode == 0, batch.stderr[-3000:]
+    for i in range(3):
+        record = json.loads((tmp_path / "b" / f"v{i}.json").read_text())
+        assert record["layout"]["data"] == 2 and iio.imread(tmp_path / "b" / f"v{i}.mp4").shape[0] == 121
+    assert json.loads((tmp_path / "b" / "batch_report_shard0.json").read_text())["rejected_or_failed"] == []
+    single = run_cli(["--config-name", "demo", *FAST_DEMO, f"output.dir={tmp_path / 's'}", "parallel.data=3"], nproc=3)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert json.loads((tmp_path / "s" / "demo.json").read_text())["layout"]["data"] == 3
+    assert iio.imread(tmp_path / "s" / "demo.mp4").shape[0] == 121
 
 
 def test_torchrun_bad_layout_stops_every_rank_with_the_same_message(tmp_path: Path):

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from gen3c_dist.conditioning.input_image import import_cv2, read_rgb_image
+from gen3c_dist.errors import InputError
 
 MOGE_HUB_REPO = "Ruicheng/moge-vitl"  # what the official script loads (spec section 1.3 item 5)
 OFFICIAL_TARGET_H = 704
@@ -79,10 +80,10 @@ def load_moge(path: Optional[str], device: Union[str, torch.device] = "cpu") -> 
     model_cls = _import_moge_v1()
     checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or "model_config" not in checkpoint or "model" not in checkpoint:
-        raise ValueError(f"MoGe checkpoint {file}: expected a dict with 'model_config' and 'model' (MoGe's format)")
+        raise InputError(f"MoGe checkpoint {file}: expected a dict with 'model_config' and 'model' (MoGe's format)")
     config = dict(checkpoint["model_config"])
     if isinstance(config.get("encoder"), dict) or "points_head" in config:
-        raise ValueError(f"MoGe checkpoint {file}: this is a MoGe v2 checkpoint; GEN3C uses v1 (`{MOGE_HUB_REPO}`)")
+        raise InputError(f"MoGe checkpoint {file}: this is a MoGe v2 checkpoint; GEN3C uses v1 (`{MOGE_HUB_REPO}`)")
     model = model_cls(**config)  # builds the backbone with pretrained=False: no download
     model.load_state_dict(checkpoint["model"], strict=True)
     return model.to(device).eval()

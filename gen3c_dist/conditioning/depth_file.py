@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from gen3c_dist.conditioning.depth import MAX_DEPTH, DepthEstimate, prepare_cache_image
 from gen3c_dist.conditioning.input_image import import_cv2, read_rgb_image
+from gen3c_dist.errors import InputError
 
 IntrinsicsSource = Union[str, os.PathLike, np.ndarray]
 SIDECAR_SUFFIXES = (".intrinsics.npy", ".intrinsics.json", ".intrinsics.txt")
@@ -49,10 +50,10 @@ def _load_numpy(path: str, what: str) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{what} {path}: cannot be read as a numpy file without pickle ({err})") from err
+        raise InputError(f"{what} {path}: cannot be read as a numpy file without pickle ({err})") from err
     if not isinstance(array, np.ndarray):  # an .npz archive saved under an .npy name
         array.close()
-        raise ValueError(f"{what} {path}: holds an .npz archive, not a single .npy array")
+        raise InputError(f"{what} {path}: holds an .npz archive, not a single .npy array")
     return array
 
 
@@ -60,11 +61,11 @@ def _intrinsics_from_json(path: str) -> np.ndarray:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"intrinsics file {path}: not valid JSON ({err})") from err
+        raise InputError(f"intrinsics file {path}: not valid JSON ({err})") from err
     if isinstance(data, dict):
         missing = [key for key in ("fx", "fy", "cx", "cy") if key not in data]
         if missing:
-            raise ValueError(f"intrinsics file {path}: JSON object lacks {missing}; expected fx, fy, cx, cy")
+            raise InputError(f"intrinsics file {path}: JSON object lacks {missing}; expected fx, fy, cx, cy")
         return np.array([[data["fx"], 0.0, data["cx"]], [0.0, data["fy"], data["cy"]], [0.0, 0.0, 1.0]])
     return np.asarray(data, dtype=np.float64)
 
@@ -75,7 +76,7 @@ def read_intrinsics(source: IntrinsicsSource) -> tuple[np.ndarray, str]:
         return source, "intrinsics argument"
     path = os.fspath(source)
     if not os.path.isfile(path):
-        raise ValueError(f"intrinsics file {path}: file does not exist")
+        raise InputError(f"intrinsics file {path}: file does not exist")
     suffix = Path(path).suffix.lower()
     if suffix == ".npy":
         return _load_numpy(path, "intrinsics file"), f"intrinsics file {path}"
@@ -85,8 +86,8 @@ def read_intrinsics(source: IntrinsicsSource) -> tuple[np.ndarray, str]:
         try:
             return np.loadtxt(path, dtype=np.float64, ndmin=2), f"intrinsics file {path}"
         except ValueError as err:
-            raise ValueError(f"intrinsics file {path}: cannot be parsed as numbers ({err})") from err
-    raise ValueError(f"intrinsics file {path}: unsupported suffix {suffix!r}; use .npy, .json or .txt")
+            raise InputError(f"intrinsics file {path}: cannot be parsed as numbers ({err})") from err
+    raise InputError(f"intrinsics file {path}: unsupported suffix {suffix!r}; use .npy, .json or .txt")
 
 
 def find_sidecar_intrinsics(depth_path: str) -> Optional[str]:
@@ -102,16 +103,16 @@ def validate_intrinsics(k_raw: np.ndarray, label: str) -> np.ndarray:
     """Check pixel intrinsics; returns them as float64 [3, 3]. ``label`` names the file in the error."""
     k_33 = np.asarray(k_raw)
     if k_33.shape != (3, 3) or not np.issubdtype(k_33.dtype, np.number) or np.iscomplexobj(k_33):
-        raise ValueError(f"{label}: intrinsics must be a real [3, 3] matrix, got shape {k_33.shape}, {k_33.dtype}")
+        raise InputError(f"{label}: intrinsics must be a real [3, 3] matrix, got shape {k_33.shape}, {k_33.dtype}")
     k_33 = k_33.astype(np.float64)
     if not np.all(np.isfinite(k_33)):
-        raise ValueError(f"{label}: intrinsics contain NaN or inf: {k_33.tolist()}")
+        raise InputError(f"{label}: intrinsics contain NaN or inf: {k_33.tolist()}")
     if not np.allclose(k_33[2], [0.0, 0.0, 1.0], atol=1e-6) or k_33[0, 1] != 0 or k_33[1, 0] != 0:
-        raise ValueError(f"{label}: intrinsics must be [[fx,0,cx],[0,fy,cy],[0,0,1]] (no skew), got {k_33.tolist()}")
+        raise InputError(f"{label}: intrinsics must be [[fx,0,cx],[0,fy,cy],[0,0,1]] (no skew), got {k_33.tolist()}")
     if k_33[0, 0] <= 0 or k_33[1, 1] <= 0:
-        raise ValueError(f"{label}: focal lengths must be positive, got fx={k_33[0, 0]}, fy={k_33[1, 1]}")
+        raise InputError(f"{label}: focal lengths must be positive, got fx={k_33[0, 0]}, fy={k_33[1, 1]}")
     if abs(k_33[0, 2]) <= 1 and abs(k_33[1, 2]) <= 1:
-        raise ValueError(
+        raise InputError(
             f"{label}: intrinsics look normalised (cx={k_33[0, 2]}, cy={k_33[1, 2]}); give them in pixels "
             "(multiply fx, cx by the width and fy, cy by the height)"
         )
@@ -121,21 +122,21 @@ def validate_intrinsics(k_raw: np.ndarray, label: str) -> np.ndarray:
 def validate_depth(depth_raw: np.ndarray, path: str) -> np.ndarray:
     """Check a raw depth array; returns it as float64 [H, W]."""
     if not np.issubdtype(depth_raw.dtype, np.number) or np.iscomplexobj(depth_raw):
-        raise ValueError(f"depth file {path}: depth must be real numbers, got dtype {depth_raw.dtype}")
+        raise InputError(f"depth file {path}: depth must be real numbers, got dtype {depth_raw.dtype}")
     depth_hw = np.squeeze(depth_raw)
     if depth_hw.ndim != 2:
-        raise ValueError(f"depth file {path}: depth must be 2-D [H, W], got shape {tuple(depth_raw.shape)}")
+        raise InputError(f"depth file {path}: depth must be 2-D [H, W], got shape {tuple(depth_raw.shape)}")
     if depth_hw.size == 0:
-        raise ValueError(f"depth file {path}: depth is empty, shape {tuple(depth_raw.shape)}")
+        raise InputError(f"depth file {path}: depth is empty, shape {tuple(depth_raw.shape)}")
     depth_hw = depth_hw.astype(np.float64)
     for bad, name in ((np.isnan(depth_hw), "NaN"), (np.isinf(depth_hw), "infinite")):
         if bad.any():
             row, col = np.argwhere(bad)[0]
-            raise ValueError(f"depth file {path}: {int(bad.sum())} {name} values (first at row {row}, column {col})")
+            raise InputError(f"depth file {path}: {int(bad.sum())} {name} values (first at row {row}, column {col})")
     non_positive = depth_hw <= 0
     if non_positive.any():
         row, col = np.argwhere(non_positive)[0]
-        raise ValueError(
+        raise InputError(
             f"depth file {path}: {int(non_positive.sum())} pixels have depth <= 0 (first at row {row}, column "
             f"{col}); zero means 'no point' in the 3D cache, so fill holes first (MoGe uses 1000 for sky)"
         )
@@ -144,17 +145,17 @@ def validate_depth(depth_raw: np.ndarray, path: str) -> np.ndarray:
 
 def _read_png_depth(path: str, png_scale: Optional[float]) -> np.ndarray:
     if png_scale is None or not np.isfinite(png_scale) or png_scale <= 0:
-        raise ValueError(
+        raise InputError(
             f"depth file {path}: a 16-bit PNG needs a positive scale (depth = value * scale, e.g. 0.001 for "
             f"millimetres); got depth_png_scale={png_scale}"
         )
     raw = import_cv2().imread(path, -1)  # -1 = IMREAD_UNCHANGED: keep 16 bits and the channel count
     if raw is None:
-        raise ValueError(f"depth file {path}: cannot be decoded as a PNG")
+        raise InputError(f"depth file {path}: cannot be decoded as a PNG")
     if raw.dtype != np.uint16:
-        raise ValueError(f"depth file {path}: PNG depth must be 16-bit, got {raw.dtype} (too few depth levels)")
+        raise InputError(f"depth file {path}: PNG depth must be 16-bit, got {raw.dtype} (too few depth levels)")
     if raw.ndim != 2:
-        raise ValueError(f"depth file {path}: PNG depth must have one channel, got shape {tuple(raw.shape)}")
+        raise InputError(f"depth file {path}: PNG depth must have one channel, got shape {tuple(raw.shape)}")
     return raw.astype(np.float64) * png_scale
 
 
@@ -163,25 +164,25 @@ def _read_npz(path: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "depth" not in archive.files:
-                raise ValueError(f"depth file {path}: .npz has no 'depth' key (keys: {archive.files})")
+                raise InputError(f"depth file {path}: .npz has no 'depth' key (keys: {archive.files})")
             embedded = archive["intrinsics"] if "intrinsics" in archive.files else None
             return archive["depth"], embedded
     except (OSError, EOFError, ValueError) as err:
         if str(err).startswith(f"depth file {path}"):
             raise
-        raise ValueError(f"depth file {path}: cannot be read as an .npz without pickle ({err})") from err
+        raise InputError(f"depth file {path}: cannot be read as an .npz without pickle ({err})") from err
 
 
 def _resolve_intrinsics(path: str, embedded: Optional[np.ndarray],
                         intrinsics: Optional[IntrinsicsSource]) -> np.ndarray:
     if embedded is not None and intrinsics is not None:
-        raise ValueError(f"depth file {path}: intrinsics given twice (inside the .npz and as an argument)")
+        raise InputError(f"depth file {path}: intrinsics given twice (inside the .npz and as an argument)")
     if embedded is not None:
         return validate_intrinsics(embedded, f"depth file {path}")
     if intrinsics is None:
         intrinsics = find_sidecar_intrinsics(path)
         if intrinsics is None:
-            raise ValueError(f"depth file {path}: no intrinsics found; {_INTRINSICS_HELP}")
+            raise InputError(f"depth file {path}: no intrinsics found; {_INTRINSICS_HELP}")
     k_raw, label = read_intrinsics(intrinsics)
     return validate_intrinsics(k_raw, label)
 
@@ -191,10 +192,10 @@ def load_depth_file(path: Union[str, os.PathLike], *, intrinsics: Optional[Intri
     """Read and validate a depth file. Returns (depth [H, W] float64 > 0, pixel intrinsics [3, 3] float64)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"depth file {path}: file does not exist")
+        raise InputError(f"depth file {path}: file does not exist")
     suffix = Path(path).suffix.lower()
     if png_scale is not None and suffix != ".png":
-        raise ValueError(f"depth file {path}: depth_png_scale applies to 16-bit PNG depth only")
+        raise InputError(f"depth file {path}: depth_png_scale applies to 16-bit PNG depth only")
     embedded = None
     if suffix == ".npz":
         raw, embedded = _read_npz(path)
@@ -203,7 +204,7 @@ def load_depth_file(path: Union[str, os.PathLike], *, intrinsics: Optional[Intri
     elif suffix == ".png":
         raw = _read_png_depth(path, png_scale)
     else:
-        raise ValueError(f"depth file {path}: unsupported suffix {suffix!r}; use .npz, .npy or 16-bit .png")
+        raise InputError(f"depth file {path}: unsupported suffix {suffix!r}; use .npz, .npy or 16-bit .png")
     depth_hw = validate_depth(raw, path)
     return depth_hw, _resolve_intrinsics(path, embedded, intrinsics)
 
@@ -215,7 +216,7 @@ def depth_from_file(image_path: Union[str, os.PathLike], depth_path: Union[str, 
     rgb_hw3 = read_rgb_image(image_path)
     depth_hw, k_33 = load_depth_file(depth_path, intrinsics=intrinsics, png_scale=png_scale)
     if depth_hw.shape != rgb_hw3.shape[:2]:
-        raise ValueError(
+        raise InputError(
             f"depth file {os.fspath(depth_path)}: depth is {depth_hw.shape[1]}x{depth_hw.shape[0]} but the input "
             f"image {os.fspath(image_path)} is {rgb_hw3.shape[1]}x{rgb_hw3.shape[0]}; they must be pixel-aligned"
         )

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from gen3c_dist.errors import InputError
+
 MIN_IMAGE_SIDE = 16  # pixels; see the module docstring
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg")  # the same set as the condition-latent reader
 
@@ -42,25 +44,25 @@ def import_cv2() -> Any:
 
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
-        raise ValueError(f"input image {path}: file does not exist")
+        raise InputError(f"input image {path}: file does not exist")
     if not os.path.isfile(path):
-        raise ValueError(f"input image {path}: not a regular file")
+        raise InputError(f"input image {path}: not a regular file")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(f"input image {path}: unsupported extension {suffix!r}; use one of {SUPPORTED_SUFFIXES}")
+        raise InputError(f"input image {path}: unsupported extension {suffix!r}; use one of {SUPPORTED_SUFFIXES}")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"input image {path}: file is empty (0 bytes)")
+        raise InputError(f"input image {path}: file is empty (0 bytes)")
 
 
 def _check_pixels(image: np.ndarray, path: str) -> None:
     if image.dtype != np.uint8:
         kind = "16-bit" if image.dtype == np.uint16 else f"{image.dtype}-sample"
-        raise ValueError(f"input image {path}: {kind} images are not supported; save it as an 8-bit PNG or JPEG")
+        raise InputError(f"input image {path}: {kind} images are not supported; save it as an 8-bit PNG or JPEG")
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"input image {path}: decoded to an unexpected shape {tuple(image.shape)}")
+        raise InputError(f"input image {path}: decoded to an unexpected shape {tuple(image.shape)}")
     height, width = image.shape[:2]
     if height < MIN_IMAGE_SIDE or width < MIN_IMAGE_SIDE:
-        raise ValueError(
+        raise InputError(
             f"input image {path}: {width}x{height} pixels is too small; both sides must be at least {MIN_IMAGE_SIDE}"
         )
 
@@ -78,7 +80,7 @@ def read_rgb_image(path: str | os.PathLike[str]) -> np.ndarray:
     # official IMREAD_COLOR) but 16-bit samples stay 16-bit, so they can be refused instead of requantised.
     bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if bgr is None:
-        raise ValueError(f"input image {path}: cannot be decoded as an image (corrupt file or unsupported format)")
+        raise InputError(f"input image {path}: cannot be decoded as an image (corrupt file or unsupported format)")
     _check_pixels(bgr, path)
     return np.ascontiguousarray(bgr[:, :, ::-1])  # BGR -> RGB, [H, W, 3] uint8
 

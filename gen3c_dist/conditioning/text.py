@@ -27,6 +27,8 @@ from typing import Any, Callable, ContextManager, Iterator, Optional, Union
 
 import torch
 
+from gen3c_dist.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 T5_HUB_NAME = "google-t5/t5-11b"
@@ -60,7 +62,7 @@ def resolve_t5_dir(t5_dir: Optional[str]) -> str:
     where = "no path was given" if t5_dir is None else f"{t5_dir} is not a folder with config.json"
     if t5_dir is not None and os.path.isfile(os.path.join(os.path.expanduser(t5_dir), "config.json")):
         return os.path.realpath(os.path.expanduser(t5_dir))
-    raise ValueError(
+    raise InputError(
         f"T5 text encoder not found ({where}). Download `{T5_HUB_NAME}` from Hugging Face (e.g. `huggingface-cli "
         f"download {T5_HUB_NAME} --local-dir checkpoints/google-t5/t5-11b`) and pass "
         "`checkpoints.t5_dir=checkpoints/google-t5/t5-11b`, or set the prompt encoder off to use zero embeddings. "
@@ -221,7 +223,7 @@ def encode_prompts(prompt: str, negative_prompt: Optional[str] = DEFAULT_NEGATIV
     embeddings = _encode_with_cache(texts, folder, cache_dir, max_length, device, open_encoder)
     for emb_1ld in embeddings.values():
         if emb_1ld.shape != (1, max_length, embed_dim):
-            raise ValueError(
+            raise InputError(
                 f"T5 at {folder} gives embeddings of shape {tuple(emb_1ld.shape)}; the DiT expects "
                 f"(1, {max_length}, {embed_dim}) (crossattn_emb_channels)"
             )

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gen3c_dist.errors import InputError
 from gen3c_dist.geometry.pose_checks import check_intrinsics, check_w2c
 
 LINEAR_TRAJECTORIES: dict[str, tuple[int, float]] = {
@@ -43,7 +44,7 @@ def look_at_w2c(camera_pos_N3: torch.Tensor, target_N3: torch.Tensor) -> torch.T
     right_N3 = torch.linalg.cross(up0_N3, forward_N3 / f_norm_N1, dim=-1)
     r_norm_N1 = torch.linalg.vector_norm(right_N3, dim=-1, keepdim=True)
     if not (bool((f_norm_N1 > 0).all()) and bool((r_norm_N1 > 0).all())):
-        raise ValueError(
+        raise InputError(
             "look-at is degenerate: a camera position reaches its target or looks straight along the y axis "
             "(reduce movement_distance or change center_depth)"
         )
@@ -82,17 +83,17 @@ def _check_trajectory_args(
     name: str, rotation: str, num_frames: int, movement_distance: float, center_depth: float
 ) -> None:
     if name not in TRAJECTORIES:
-        raise ValueError(f"trajectory: unknown name {name!r}; valid choices are {', '.join(TRAJECTORIES)}")
+        raise InputError(f"trajectory: unknown name {name!r}; valid choices are {', '.join(TRAJECTORIES)}")
     if rotation not in CAMERA_ROTATIONS:
-        raise ValueError(
+        raise InputError(
             f"camera_rotation: unknown name {rotation!r}; valid choices are {', '.join(CAMERA_ROTATIONS)}"
         )
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
-        raise ValueError(f"num_frames: must be an integer >= 2, got {num_frames!r}")
+        raise InputError(f"num_frames: must be an integer >= 2, got {num_frames!r}")
     if not math.isfinite(movement_distance) or movement_distance <= 0:
-        raise ValueError(f"movement_distance: must be finite and > 0, got {movement_distance!r}")
+        raise InputError(f"movement_distance: must be finite and > 0, got {movement_distance!r}")
     if not math.isfinite(center_depth) or center_depth <= 0:
-        raise ValueError(f"center_depth: must be finite and > 0, got {center_depth!r}")
+        raise InputError(f"center_depth: must be finite and > 0, got {center_depth!r}")
 
 
 def generate_trajectory(
@@ -113,7 +114,7 @@ def generate_trajectory(
     """
     _check_trajectory_args(name, camera_rotation, num_frames, float(movement_distance), float(center_depth))
     if initial_w2c_44.shape != (4, 4) or initial_K_33.shape != (3, 3):
-        raise ValueError(
+        raise InputError(
             f"initial_w2c/initial_K: expected shapes (4, 4) and (3, 3), got {tuple(initial_w2c_44.shape)} "
             f"and {tuple(initial_K_33.shape)}"
         )
@@ -131,29 +132,29 @@ def generate_trajectory(
 
 def _read_trajectory_arrays(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
-        raise ValueError(f"trajectory file {path}: not found")
+        raise InputError(f"trajectory file {path}: not found")
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
             raw = json.loads(path.read_text())
             if not isinstance(raw, dict):
-                raise ValueError("top level is not an object")
+                raise InputError("top level is not an object")
             return {k: np.asarray(raw[k], dtype=np.float64) for k in ("w2c", "intrinsics") if k in raw}
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
                 return {k: np.asarray(npz[k], dtype=np.float64) for k in ("w2c", "intrinsics") if k in npz.files}
     except (ValueError, TypeError, OSError) as err:
-        raise ValueError(f"trajectory file {path}: cannot be read as {suffix[1:]} arrays ({err})") from None
-    raise ValueError(f"trajectory file {path}: unsupported extension {suffix!r}; use .json or .npz")
+        raise InputError(f"trajectory file {path}: cannot be read as {suffix[1:]} arrays ({err})") from None
+    raise InputError(f"trajectory file {path}: unsupported extension {suffix!r}; use .json or .npz")
 
 
 def _validate_trajectory(path: Path, w2c: np.ndarray, K: np.ndarray, num_frames: int) -> None:
     if w2c.ndim != 3 or w2c.shape[1:] != (4, 4):
-        raise ValueError(f"trajectory file {path}: 'w2c' must have shape [N, 4, 4], got {list(w2c.shape)}")
+        raise InputError(f"trajectory file {path}: 'w2c' must have shape [N, 4, 4], got {list(w2c.shape)}")
     if w2c.shape[0] != num_frames:
-        raise ValueError(f"trajectory file {path}: has {w2c.shape[0]} poses, but {num_frames} frames are requested")
+        raise InputError(f"trajectory file {path}: has {w2c.shape[0]} poses, but {num_frames} frames are requested")
     if K.shape != (3, 3) and K.shape != (num_frames, 3, 3):
-        raise ValueError(
+        raise InputError(
             f"trajectory file {path}: 'intrinsics' must have shape [3, 3] or [{num_frames}, 3, 3], got {list(K.shape)}"
         )
     # Rigid poses and positive focal lengths; the messages name the file, the frame and the measured problem.
@@ -170,11 +171,11 @@ def load_trajectory_file(path: str | Path, *, num_frames: int) -> tuple[torch.Te
     """
     path = Path(path)
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise ValueError(f"num_frames: must be a positive integer, got {num_frames!r}")
+        raise InputError(f"num_frames: must be a positive integer, got {num_frames!r}")
     arrays = _read_trajectory_arrays(path)
     for key in ("w2c", "intrinsics"):
         if key not in arrays:
-            raise ValueError(f"trajectory file {path}: missing key '{key}'")
+            raise InputError(f"trajectory file {path}: missing key '{key}'")
     w2c, K = arrays["w2c"], arrays["intrinsics"]
     _validate_trajectory(path, w2c, K, num_frames)
     w2cs_N44 = torch.from_numpy(w2c).to(torch.float32)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 
 from gen3c_dist.config import RuntimeConfig
+from gen3c_dist.errors import InputError
 from gen3c_dist.model.attention import AttentionOp
 from gen3c_dist.model.dit import GEN3CDiT
 from gen3c_dist.model.kernels import (
@@ -58,7 +59,7 @@ def compile_allowed(requested: bool, *, device_type: str) -> bool:
     if not requested:
         return False
     if device_type != "cuda":
-        raise ValueError(
+        raise InputError(
             f"runtime.compile=true is a CUDA option; this model runs on {device_type}, where compiling only adds "
             "start-up time to short test and demo runs. Set runtime.compile=false"
         )
@@ -70,9 +71,9 @@ def cuda_graphs_allowed(requested: bool, *, device_type: str, cp_size: int) -> b
     if not requested:
         return False
     if device_type != "cuda":
-        raise ValueError(f"runtime.cuda_graphs=true needs a CUDA device; this model runs on {device_type}")
+        raise InputError(f"runtime.cuda_graphs=true needs a CUDA device; this model runs on {device_type}")
     if cp_size > 1:
-        raise ValueError(
+        raise InputError(
             f"runtime.cuda_graphs=true needs a single-device forward, but the context-parallel degree is {cp_size}: "
             "a graph would replay the GPU work and skip the host side of the collectives (gloo, comm counter, "
             "fault timeouts). Set runtime.cuda_graphs=false, or use cfg / data parallelism only"

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
+from gen3c_dist.errors import InputError
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 OFFICIAL_NAME = "model.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that is missing, unreadable, or does not belong to the configured model."""
 
 

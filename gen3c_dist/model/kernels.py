@@ -46,6 +46,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from gen3c_dist.errors import InputError
 from gen3c_dist.model.attention import AttentionOp, local_attention
 
 AUTO = "auto"
@@ -149,7 +150,7 @@ def auto_preference(env: KernelEnvironment) -> tuple[str, ...]:
 def select_attention_kernel(requested: str, env: KernelEnvironment) -> KernelChoice:
     """The kernel for ``runtime.attention_kernel=requested``; ValueError when it is unknown or cannot run."""
     if requested not in ATTENTION_KERNEL_OPTIONS:
-        raise ValueError(f"runtime.attention_kernel={requested!r} is unknown; choose one of {ATTENTION_KERNEL_OPTIONS}")
+        raise InputError(f"runtime.attention_kernel={requested!r} is unknown; choose one of {ATTENTION_KERNEL_OPTIONS}")
     if requested == AUTO:
         usable = [k for k in auto_preference(env) if unsupported_reason(k, env) is None]
         kernel = usable[0]  # sdpa / sdpa_math always qualify
@@ -162,7 +163,7 @@ def select_attention_kernel(requested: str, env: KernelEnvironment) -> KernelCho
         if reasons[kernel] is None:
             return KernelChoice(kernel, requested, f"requested on {env.describe()}")
     why = "; ".join(f"{k} {reason}" for k, reason in reasons.items())
-    raise ValueError(
+    raise InputError(
         f"runtime.attention_kernel={requested!r} cannot run on {env.describe()}: {why}. Use 'auto' or another kernel"
     )
 

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import torch.distributed as dist
 
+from gen3c_dist.errors import SharedInputError
 from gen3c_dist.parallel.distributed import DistEnv
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def fault_guard(env: DistEnv) -> Iterator[None]:
         return
     try:
         yield
-    except RankFailedError:
+    except (RankFailedError, SharedInputError):  # nobody is left waiting: every rank raises the same
         raise
     except (Exception, KeyboardInterrupt) as exc:
         if not dist.is_initialized():  # failed before init or after teardown: nobody to tell

@@ -1,7 +1,7 @@
 """The rank layout: data-parallel replicas x cfg axis x context-parallel group (Ulysses inside, ring across).
 
 :func:`plan_layout` is a pure function of the config, the world size, the head count and whether guidance runs
-both passes, so every rank computes the same layout, or raises the same ``ValueError``, before any weights load.
+both passes, so every rank computes the same layout, or raises the same :class:`gen3c_dist.errors.InputError`, before any weights load.
 Process groups are attached afterwards by :func:`gen3c_dist.parallel.groups.attach_process_groups`; everything
 downstream takes the layout as an argument.
 
@@ -24,12 +24,13 @@ import importlib.util
 import math
 from typing import TYPE_CHECKING, Optional
 
-from gen3c_dist.config import ParallelConfig
+from gen3c_dist.config import AttentionBackend, LayoutMode, ParallelConfig
+from gen3c_dist.errors import InputError
 
 if TYPE_CHECKING:
     from gen3c_dist.parallel.groups import ProcessGroups
 
-ATTENTION_BACKENDS = ("native", "ulysses", "ring", "deepspeed", "transformer_engine")
+ATTENTION_BACKENDS = AttentionBackend.names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +139,23 @@ class ParallelLayout:
         )
 
 
+def explicit_config(config: ParallelConfig) -> ParallelConfig:
+    """``layout=explicit`` semantics: unset cfg / ulysses / ring are 1; an unset (or 0) data is derived."""
+    return dataclasses.replace(
+        config, layout=LayoutMode.explicit, cfg=1 if config.cfg is None else config.cfg,
+        ulysses=1 if config.ulysses is None else config.ulysses, ring=1 if config.ring is None else config.ring,
+        data=config.data or 0,
+    )
+
+
 def _check_degrees(config: ParallelConfig, *, world_size: int, num_heads: int) -> None:
     for name in ("ulysses", "ring", "cfg"):
         if getattr(config, name) < 1:
-            raise ValueError(f"parallel.{name}={getattr(config, name)} is invalid: every degree must be >= 1")
+            raise InputError(f"parallel.{name}={getattr(config, name)} is invalid: every degree must be >= 1")
     if config.data < 0:
-        raise ValueError(f"parallel.data={config.data} is invalid: use >= 1, or 0 for 'whatever the world size leaves'")
+        raise InputError(f"parallel.data={config.data} is invalid: use >= 1, or leave it unset (null) to derive it")
     if world_size < 1 or num_heads < 1:
-        raise ValueError(f"world size {world_size} and num_heads {num_heads} must both be >= 1")
+        raise InputError(f"world size {world_size} and num_heads {num_heads} must both be >= 1")
 
 
 def _check_product(config: ParallelConfig, *, world_size: int) -> int:
@@ -154,16 +164,16 @@ def _check_product(config: ParallelConfig, *, world_size: int) -> int:
     degrees = f"{config.cfg} x {config.ulysses} x {config.ring}"
     if config.data == 0:
         if world_size % inner:
-            raise ValueError(
+            raise InputError(
                 f"world size {world_size} is not a multiple of parallel cfg x ulysses x ring = {degrees} = {inner}; "
                 f"the data-parallel degree is world / (cfg x ulysses x ring), so choose degrees whose product "
                 f"divides {world_size}"
             )
         return world_size // inner
     if config.data * inner != world_size:
-        raise ValueError(
+        raise InputError(
             f"parallel data x cfg x ulysses x ring = {config.data} x {degrees} = {config.data * inner} does not "
-            f"equal the world size {world_size}; change the degrees or set parallel.data=0 to derive it"
+            f"equal the world size {world_size}; change the degrees or leave parallel.data unset to derive it"
         )
     return config.data
 
@@ -171,28 +181,28 @@ def _check_product(config: ParallelConfig, *, world_size: int) -> int:
 def _check_attention(config: ParallelConfig, *, num_heads: int) -> None:
     name = config.attention
     if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"parallel.attention={name!r} is unknown; choose one of {list(ATTENTION_BACKENDS)}")
+        raise InputError(f"parallel.attention={name!r} is unknown; choose one of {list(ATTENTION_BACKENDS)}")
     if name == "ring" and config.ring < 2:
-        raise ValueError(
+        raise InputError(
             f"parallel.attention='ring' was requested with parallel.ring={config.ring}: a ring over a group of 1 "
             "rank passes nothing; set parallel.ring >= 2 or parallel.attention='native'"
         )
     if name in ("ulysses", "deepspeed") and config.ulysses < 2:
-        raise ValueError(
+        raise InputError(
             f"parallel.attention={name!r} was requested with parallel.ulysses={config.ulysses}: Ulysses over 1 rank "
             "does nothing; set parallel.ulysses >= 2 or parallel.attention='native'"
         )
     if name in ("ulysses", "deepspeed") and num_heads % config.ulysses:
-        raise ValueError(
+        raise InputError(
             f"parallel.attention={name!r} needs num_heads={num_heads} divisible by parallel.ulysses={config.ulysses}; "
             "use parallel.attention='native' to run the remainder as ring attention"
         )
     if name == "deepspeed" and config.ring != 1:
-        raise ValueError(f"parallel.attention='deepspeed' is Ulysses only, but parallel.ring={config.ring}; set ring=1")
+        raise InputError(f"parallel.attention='deepspeed' is Ulysses only, but parallel.ring={config.ring}; set ring=1")
     if name == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        raise ValueError("parallel.attention='deepspeed' needs the deepspeed package (pip install '.[ds]')")
+        raise InputError("parallel.attention='deepspeed' needs the deepspeed package (pip install '.[ds]')")
     if name == "transformer_engine" and not _transformer_engine_usable():
-        raise ValueError(
+        raise InputError(
             "parallel.attention='transformer_engine' needs CUDA and an importable transformer_engine.pytorch; "
             "use parallel.attention='native'"
         )
@@ -216,21 +226,24 @@ def plan_layout(
 
     ``guidance_runs_both`` says whether each step evaluates both the cond and the uncond pass (official GEN3C
     always does); cfg=2 is impossible otherwise. Error messages never mention ``rank``, so all ranks agree.
+    Unset degrees follow ``layout=explicit`` (see :func:`explicit_config`); ``parallel.layout=auto`` fills them
+    first (:mod:`gen3c_dist.parallel.auto_layout`).
     """
+    config = explicit_config(config)
     _check_degrees(config, world_size=world_size, num_heads=num_heads)
     if config.cfg > 2:
-        raise ValueError(
+        raise InputError(
             f"parallel.cfg={config.cfg} is invalid: the cfg axis splits the two guidance passes, so use 1 or 2"
         )
     if config.cfg == 2 and not guidance_runs_both:
-        raise ValueError(
+        raise InputError(
             "parallel.cfg=2 puts the cond and uncond passes on different ranks, but guidance here runs only the "
             "conditional pass; set parallel.cfg=1"
         )
     _check_attention(config, num_heads=num_heads)
     data = _check_product(config, world_size=world_size)
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside the world of size {world_size}")
+        raise InputError(f"rank {rank} is outside the world of size {world_size}")
     ulysses, ring, note = config.ulysses, config.ring, ""
     if num_heads % ulysses:
         ulysses = math.gcd(config.ulysses, num_heads)

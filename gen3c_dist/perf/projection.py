@@ -146,6 +146,22 @@ def estimate_step(model_cfg: ModelConfig, latent_THW: tuple, layout: ParallelLay
     )
 
 
+def chunk_seconds(model_cfg: ModelConfig, latent_THW: tuple, layout: ParallelLayout, gpu: GpuSpec,
+                  settings: Settings) -> float:
+    """Projected seconds for one 121-frame chunk on one replica of ``layout``: the steps plus the non-DiT work."""
+    step = estimate_step(model_cfg, latent_THW, layout, gpu, settings)
+    return settings.steps * step.step_s + settings.non_dit_seconds(layout.replica_size)
+
+
+def run_chunk_cost(model_cfg: ModelConfig, *, height: int, width: int, steps: int, guidance_runs_both: bool,
+                   tokenizer: str, gpus_per_node: int, gpu: GpuSpec):
+    """``layout -> seconds per chunk`` for a run's shape, as ``parallel.layout=auto`` compares layouts."""
+    settings = Settings(steps=steps, forwards=2 if guidance_runs_both else 1, gpus_per_node=gpus_per_node,
+                        non_dit=NonDiTModel(tokenizer=str(tokenizer)))
+    latent = latent_thw(height, width)
+    return lambda layout: chunk_seconds(model_cfg, latent, layout, gpu, settings)
+
+
 def projection_layout(name: str, world_size: int, *, model_cfg: ModelConfig, tokens: int,
                       gpus_per_node: int) -> ParallelLayout:
     """The layout ``name`` on ``world_size`` GPUs, or ValueError (plan_layout refuses it, or tokens do not divide)."""

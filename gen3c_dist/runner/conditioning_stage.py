@@ -27,6 +27,7 @@ from gen3c_dist.conditioning.encode import (
 from gen3c_dist.conditioning.image_io import read_condition_image
 from gen3c_dist.conditioning.text import DEFAULT_NEGATIVE_PROMPT, encode_prompts
 from gen3c_dist.config import LATENT_CHANNELS, CacheConfig, CheckpointConfig, ModelConfig, TextConfig
+from gen3c_dist.errors import InputError
 from gen3c_dist.geometry.cache3d import Cache3D
 from gen3c_dist.geometry.camera import generate_trajectory, load_trajectory_file
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer
@@ -119,7 +120,7 @@ class VideoConditioner:
         if inp.depth is not None:
             return depth_from_file(inp.image, inp.depth, inp.height, inp.width, png_scale=inp.depth_png_scale)
         if self.models.moge is None:
-            raise ValueError("no depth model is loaded and input.depth is not set: give checkpoints.moge or input.depth")
+            raise InputError("no depth model is loaded and input.depth is not set: give checkpoints.moge or input.depth")
         with self.models.swap.use("moge", self.models.moge) as moge:
             return estimate_input_image_depth(moge, inp.image, inp.height, inp.width)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gen3c_dist.config import InputConfig, RunConfig, TrajectoryConfig
+from gen3c_dist.errors import InputError
 from gen3c_dist.geometry.camera import CAMERA_ROTATIONS, TRAJECTORIES
 from gen3c_dist.runner.outputs import resolve_output_stem
 
@@ -59,26 +60,26 @@ def check_num_frames(n: int) -> int:
     step = CHUNK_FRAMES - 1
     if isinstance(n, bool) or not isinstance(n, int) or n < CHUNK_FRAMES or (n - 1) % step:
         lower = max(1, (int(n) - 1) // step) * step + 1 if isinstance(n, (int, float)) else CHUNK_FRAMES
-        raise ValueError(f"input.num_frames={n!r} is not 120K+1; the nearest valid counts are {lower} and {lower + step}")
+        raise InputError(f"input.num_frames={n!r} is not 120K+1; the nearest valid counts are {lower} and {lower + step}")
     return (n - 1) // step
 
 
 def validate_job(job: VideoJob, *, output_dir: str, checks: list[Callable[[VideoJob], None]]) -> None:
     """Raise one ValueError naming the input and the problem."""
     if not job.input.image:
-        raise ValueError("input.image is not set: give the path of the input image")
+        raise InputError("input.image is not set: give the path of the input image")
     if not Path(job.input.image).is_file():
-        raise ValueError(f"input.image {job.input.image}: no such file")
+        raise InputError(f"input.image {job.input.image}: no such file")
     check_num_frames(job.input.num_frames)
     job.stem(output_dir)
     traj = job.trajectory
     if traj.file is None:
         if traj.type not in TRAJECTORY_TYPES:
-            raise ValueError(f"trajectory.type={traj.type!r} is not one of {', '.join(TRAJECTORY_TYPES)}")
+            raise InputError(f"trajectory.type={traj.type!r} is not one of {', '.join(TRAJECTORY_TYPES)}")
         if traj.rotation not in ROTATIONS:
-            raise ValueError(f"trajectory.rotation={traj.rotation!r} is not one of {', '.join(ROTATIONS)}")
+            raise InputError(f"trajectory.rotation={traj.rotation!r} is not one of {', '.join(ROTATIONS)}")
         if not (isinstance(traj.distance, (int, float)) and math.isfinite(traj.distance) and traj.distance > 0):
-            raise ValueError(f"trajectory.distance={traj.distance!r} must be a positive finite number")
+            raise InputError(f"trajectory.distance={traj.distance!r} must be a positive finite number")
     for check in checks:
         check(job)
 
@@ -92,18 +93,18 @@ def parse_batch_line(index: int, line: str, cfg: RunConfig) -> VideoJob:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise ValueError(f"batch line {index + 1}: not valid JSON ({err.msg})") from err
+        raise InputError(f"batch line {index + 1}: not valid JSON ({err.msg})") from err
     if not isinstance(record, dict):
-        raise ValueError(f"batch line {index + 1}: expected a JSON object, got {type(record).__name__}")
+        raise InputError(f"batch line {index + 1}: expected a JSON object, got {type(record).__name__}")
     unknown = sorted(set(record) - set(BATCH_KEYS))
     if unknown:
-        raise ValueError(f"batch line {index + 1}: unknown keys {unknown}; accepted keys are {sorted(BATCH_KEYS)}")
+        raise InputError(f"batch line {index + 1}: unknown keys {unknown}; accepted keys are {sorted(BATCH_KEYS)}")
     sections: dict[str, dict[str, Any]] = {"input": {}, "trajectory": {}, "output": {}}
     for key, value in record.items():
         section, field, types = BATCH_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, types):
             wanted = " or ".join(t.__name__ for t in types)
-            raise ValueError(f"batch line {index + 1}: '{key}' must be {wanted}, got {type(value).__name__} {value!r}")
+            raise InputError(f"batch line {index + 1}: '{key}' must be {wanted}, got {type(value).__name__} {value!r}")
         sections[section][field] = value
     return VideoJob(
         index=index,
@@ -117,12 +118,12 @@ def batch_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
     """This shard's lines of ``batch.jsonl`` (index % num_shards == shard_index), parsed; bad lines rejected."""
     batch = cfg.batch
     if batch.num_shards < 1 or not 0 <= batch.shard_index < batch.num_shards:
-        raise ValueError(f"batch.shard_index={batch.shard_index} must be in [0, batch.num_shards={batch.num_shards})")
+        raise InputError(f"batch.shard_index={batch.shard_index} must be in [0, batch.num_shards={batch.num_shards})")
     path = Path(batch.jsonl)
     try:
         lines = path.read_text().splitlines()
     except OSError as err:
-        raise ValueError(f"batch.jsonl {path}: cannot be read ({err.strerror or err})") from err
+        raise InputError(f"batch.jsonl {path}: cannot be read ({err.strerror or err})") from err
     jobs, rejected = [], []
     for index, line in enumerate(lines):
         if not line.strip() or index % batch.num_shards != batch.shard_index:
@@ -134,5 +135,5 @@ def batch_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
     names = [job.name for job in jobs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"batch.jsonl {path}: output names used more than once: {duplicates}")
+        raise InputError(f"batch.jsonl {path}: output names used more than once: {duplicates}")
     return jobs, rejected

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from gen3c_dist.config import CacheConfig, RunConfig
+from gen3c_dist.errors import InputError
 from gen3c_dist.model.dit import GEN3CDiT
 from gen3c_dist.model.tokenizer.config import VideoTokenizerConfig, tokenizer_preset
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer
@@ -41,7 +42,7 @@ DOWNLOADS = "see README section 'Checkpoints' for the official download commands
 def needs_moge(jobs: list[VideoJob], cache: CacheConfig) -> bool:
     """MoGe runs for an input image without a depth file, and on the last frame of every chunk but the final one."""
     if cache.generated_frame_depth not in GENERATED_FRAME_DEPTH:
-        raise ValueError(f"cache.generated_frame_depth={cache.generated_frame_depth!r} is not one of {GENERATED_FRAME_DEPTH}")
+        raise InputError(f"cache.generated_frame_depth={cache.generated_frame_depth!r} is not one of {GENERATED_FRAME_DEPTH}")
     by_moge = cache.generated_frame_depth == "moge"
     return any(job.input.depth is None or (by_moge and check_num_frames(job.input.num_frames) > 1) for job in jobs)
 
@@ -50,7 +51,7 @@ def preflight_checkpoints(cfg: RunConfig, jobs: list[VideoJob]) -> None:
     """Every required weight path exists, or random weights are allowed; one clear error otherwise."""
     ck = cfg.checkpoints
     if cfg.parallel.tokenizer not in TOKENIZER_PLACEMENTS:
-        raise ValueError(f"parallel.tokenizer={cfg.parallel.tokenizer!r} is not one of {TOKENIZER_PLACEMENTS}")
+        raise InputError(f"parallel.tokenizer={cfg.parallel.tokenizer!r} is not one of {TOKENIZER_PLACEMENTS}")
     required = {"checkpoints.dit": ck.dit, "checkpoints.tokenizer_dir": ck.tokenizer_dir}
     if needs_moge(jobs, cfg.cache):
         required["checkpoints.moge"] = ck.moge
@@ -61,15 +62,15 @@ def preflight_checkpoints(cfg: RunConfig, jobs: list[VideoJob]) -> None:
             if ck.random_weights and name != "checkpoints.t5_dir":
                 continue
             hint = " (or text.enabled=false to use zero text embeddings)" if name == "checkpoints.t5_dir" else ""
-            raise ValueError(f"{name} is not set: give the local path{hint}; {DOWNLOADS}")
+            raise InputError(f"{name} is not set: give the local path{hint}; {DOWNLOADS}")
         if not os.path.exists(os.path.expanduser(path)):
-            raise ValueError(f"{name}={path}: no such file or folder; {DOWNLOADS}")
+            raise InputError(f"{name}={path}: no such file or folder; {DOWNLOADS}")
 
 
 def load_dit_for_run(cfg: RunConfig, *, device: torch.device, dtype: torch.dtype) -> GEN3CDiT:
     ck = cfg.checkpoints
     if ck.dit is None:
-        logger.warning("DiT: seeded random weights (checkpoints.random_weights); the frames will not be meaningful")
+        logger.info("DiT: seeded random weights (checkpoints.random_weights)")
         return random_dit(cfg.model, seed=ck.random_seed, device=device, dtype=dtype)
     return load_dit(ck.dit, cfg.model, device=device, dtype=dtype)
 
@@ -77,7 +78,7 @@ def load_dit_for_run(cfg: RunConfig, *, device: torch.device, dtype: torch.dtype
 def load_tokenizer(cfg: RunConfig, *, device: torch.device, dtype: torch.dtype) -> VideoTokenizer:
     network = tokenizer_preset(cfg.tokenizer.preset)
     if cfg.checkpoints.tokenizer_dir is None:
-        logger.warning("tokenizer: seeded random weights (checkpoints.random_weights)")
+        logger.info("tokenizer: seeded random weights (checkpoints.random_weights)")
         return VideoTokenizer.random(network, VideoTokenizerConfig(), seed=cfg.checkpoints.random_seed + 1, device=device, dtype=dtype)
     return VideoTokenizer.from_folder(cfg.checkpoints.tokenizer_dir, network, backend=cfg.tokenizer.backend, device=device, dtype=dtype)
 
@@ -89,7 +90,7 @@ def load_depth_model(cfg: RunConfig, *, device: torch.device) -> Any:
         return load_moge(cfg.checkpoints.moge, device=device)
     from moge.model.v1 import MoGeModel
 
-    logger.warning("MoGe: seeded random ViT-S weights (checkpoints.random_weights); generated-frame depth is not meaningful")
+    logger.info("MoGe: seeded random ViT-S weights (checkpoints.random_weights)")
     torch.manual_seed(cfg.checkpoints.random_seed + 2)
     return MoGeModel(**TINY_MOGE_CONFIG).to(device).eval()
 

@@ -15,6 +15,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from gen3c_dist.errors import InputError
+
 
 def temporary_sibling(final: Path) -> Path:
     """A hidden name beside ``final`` with the same suffix (writers infer the format from it), unique per process."""
@@ -95,10 +97,10 @@ def resolve_output_stem(output_dir: str | os.PathLike, name: str) -> Path:
     """``output_dir / name``, refusing names that leave the folder (``../x``, absolute paths, empty names)."""
     root = Path(output_dir).resolve()
     if not name or name.strip() != name or "\x00" in name:
-        raise ValueError(f"output name {name!r} is empty or has surrounding whitespace")
+        raise InputError(f"output name {name!r} is empty or has surrounding whitespace")
     candidate = (root / name).resolve()
     if Path(name).is_absolute() or root not in candidate.parents:
-        raise ValueError(f"output name {name!r} escapes the output folder {root}")
+        raise InputError(f"output name {name!r} escapes the output folder {root}")
     return candidate
 
 
@@ -111,5 +113,5 @@ def check_writable_dir(output_dir: str | os.PathLike) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise ValueError(f"output.dir {root} is not writable: {err.strerror or err}") from err
+        raise InputError(f"output.dir {root} is not writable: {err.strerror or err}") from err
     return root

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from gen3c_dist.errors import InputError
 from gen3c_dist.runner.outputs import write_safetensors
 
 
@@ -48,7 +49,7 @@ class PartialState:
             return None
         meta, state = _read(self.state_file)
         if meta.get("fingerprint") != self.fingerprint:
-            raise ValueError(
+            raise InputError(
                 f"{self.folder} holds a partial run made with different settings; delete it or choose another output.name"
             )
         chunks = []

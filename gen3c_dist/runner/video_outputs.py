@@ -34,17 +34,21 @@ class VideoOutputs:
             self.preview.append(np.concatenate([chunk.preview, chunk.frames], axis=2))  # renders left of the video
         self.latents.append(chunk.latent)
 
-    def finish(self, record_fn: Callable[[int], dict]) -> Path:
-        """Close every file; ``record_fn(frames)`` builds the record once everything else is written."""
-        path = self.video.finish()
+    def finish(self, record_fn: Callable[[int], dict]) -> list[Path]:
+        """Close every file; ``record_fn(frames)`` builds the record once everything else is written.
+
+        Returns the paths written, the record last."""
+        written = [self.video.finish()]
         if self.preview is not None:
-            self.preview.finish()
+            written.append(self.preview.finish())
         if self.save_latents:
-            write_safetensors(self.stem.with_name(self.stem.name + "_latents.safetensors"),
-                              {f"chunk{i}": t for i, t in enumerate(self.latents)})
-        write_json(self.stem.with_suffix(".json"), record_fn(self.video.frames))
+            latents = self.stem.with_name(self.stem.name + "_latents.safetensors")
+            write_safetensors(latents, {f"chunk{i}": t for i, t in enumerate(self.latents)})
+            written.append(latents)
+        record = self.stem.with_suffix(".json")
+        write_json(record, record_fn(self.video.frames))
         PartialState(self.stem, "").remove()
-        return path
+        return written + [record]
 
     def abort(self) -> None:
         self.video.abort()

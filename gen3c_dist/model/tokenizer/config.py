@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from gen3c_dist.errors import InputError
+
 # Official constructor keys that select code paths; only these values are implemented here.
 _FIXED_OFFICIAL_VALUES: dict[str, Any] = {
     "formulation": "AE",
@@ -107,7 +109,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerNetworkConfig] = {
 
 def tokenizer_preset(name: str) -> TokenizerNetworkConfig:
     if name not in TOKENIZER_PRESETS:
-        raise ValueError(f"unknown tokenizer preset {name!r}; choose one of {sorted(TOKENIZER_PRESETS)}")
+        raise InputError(f"unknown tokenizer preset {name!r}; choose one of {sorted(TOKENIZER_PRESETS)}")
     return TOKENIZER_PRESETS[name]
 
 

@@ -18,6 +18,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from gen3c_dist.errors import InputError
+
 ENCODER_FILE = "encoder.jit"
 DECODER_FILE = "decoder.jit"
 MEAN_STD_FILE = "mean_std.pt"
@@ -33,7 +35,7 @@ REBUILT_BUFFERS = (
 )
 
 
-class TokenizerLoadError(ValueError):
+class TokenizerLoadError(InputError):
     """A tokenizer file is missing, unreadable, or does not fit the configured network."""
 
 
