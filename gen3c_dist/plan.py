@@ -146,7 +146,7 @@ def check_groups_on_fake_backend(layout: ParallelLayout, *, num_heads: int, guid
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from gen3c_dist.parallel.groups import attach_process_groups
+    from gen3c_dist.parallel.mesh import attach_process_groups
 
     ranks = range(min(layout.world_size, max_ranks))
     config = dataclasses.replace(

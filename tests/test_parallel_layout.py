@@ -26,12 +26,14 @@ def test_rank_coordinates_data_cfg_ring_ulysses_order() -> None:
     assert layout.cp_lead == 12 and layout.replica_lead == 8 and not layout.is_replica_lead
 
 
-def test_partitions_cover_every_rank_once() -> None:
-    layout = _plan(16, ulysses=2, ring=2, cfg=2)
+def test_groups_of_each_kind_partition_the_world() -> None:
+    layouts = [_plan(16, rank=r, ulysses=2, ring=2, cfg=2) for r in range(16)]
     for kind in ("replica", "cp", "cfg", "ulysses", "ring"):
-        flat = sorted(r for group in layout.partitions(kind) for r in group)
-        assert flat == list(range(16)), kind
-    assert layout.partitions("ring")[:2] == [(0, 2), (1, 3)]
+        groups = {getattr(layout, f"{kind}_ranks") for layout in layouts}
+        assert sorted(r for group in groups for r in group) == list(range(16)), kind
+        assert all(layout.rank in getattr(layout, f"{kind}_ranks") for layout in layouts)
+    assert sorted({layout.ring_ranks for layout in layouts})[:2] == [(0, 2), (1, 3)]
+    assert layouts[13].mesh_shape == (2, 2, 2, 2) and layouts[13].coordinate == {"data": 1, "cfg": 1, "ring": 0, "ulysses": 1}
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ Runner sequence::
     env = init_distributed(cfg.distributed)                       # torchrun / srun torchrun / plain python
     layout = plan_layout(cfg.parallel, world_size=env.world_size, rank=env.rank,
                          num_heads=model_cfg.num_heads, guidance_runs_both=True)   # before any weights load
-    layout = attach_process_groups(layout, timeout_s=env.timeout_s)
+    layout = attach_process_groups(layout, timeout_s=env.timeout_s)   # one DeviceMesh over the layout
     with fault_guard(env):
         ...load model, broadcast_tensors(...) from layout.replica_lead...
         forward_fn = make_cp_forward(model, layout, counter=counter)
@@ -21,7 +21,7 @@ from gen3c_dist.parallel.comm_counter import CommCounter
 from gen3c_dist.parallel.cp_forward import ForwardFn, make_cp_forward
 from gen3c_dist.parallel.distributed import DistEnv, init_distributed, shutdown_distributed
 from gen3c_dist.parallel.faults import RankFailedError, fault_guard
-from gen3c_dist.parallel.groups import ProcessGroups, attach_process_groups
+from gen3c_dist.parallel.mesh import ProcessGroups, attach_process_groups
 from gen3c_dist.parallel.layout import ParallelLayout, plan_layout
 
 __all__ = [

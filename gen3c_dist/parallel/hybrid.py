@@ -30,8 +30,6 @@ class HybridAttention:
         counter: CommCounter | None,
         local_attn: AttentionOp = local_attention,
     ) -> None:
-        if layout.groups is None:
-            raise ValueError("HybridAttention needs a layout with process groups (attach_process_groups)")
         if shard.degree != layout.cp or shard.index != layout.cp_index:
             raise ValueError(f"token shard {shard} does not belong to CP index {layout.cp_index} of {layout.cp}")
         self.layout, self.shard, self.counter = layout, shard, counter

@@ -2,10 +2,10 @@
 
 :func:`plan_layout` is a pure function of the config, the world size, the head count and whether guidance runs
 both passes, so every rank computes the same layout, or raises the same :class:`gen3c_dist.errors.InputError`, before any weights load.
-Process groups are attached afterwards by :func:`gen3c_dist.parallel.groups.attach_process_groups`; everything
-downstream takes the layout as an argument.
+Process groups are attached afterwards by :func:`gen3c_dist.parallel.mesh.attach_process_groups`, from a
+``DeviceMesh`` over the same grid; everything downstream takes the layout as an argument.
 
-Rank numbering (outermost first): data index, cfg index, ring index, Ulysses index, i.e.
+Rank numbering: the ranks fill a [data, cfg, ring, ulysses] grid row-major (the device mesh's own order), i.e.
 ``rank = ((data_index * cfg + cfg_index) * ring + ring_index) * ulysses + ulysses_index``. The CP-local index
 ``cp_index = ring_index * ulysses + ulysses_index`` is also the index of this rank's token shard, so a Ulysses
 group holds consecutive shards and a ring block is the concatenation of one Ulysses group's shards.
@@ -24,13 +24,22 @@ import importlib.util
 import math
 from typing import TYPE_CHECKING, Optional
 
+import torch
+
 from gen3c_dist.config import AttentionBackend, LayoutMode, ParallelConfig
 from gen3c_dist.errors import InputError
 
 if TYPE_CHECKING:
-    from gen3c_dist.parallel.groups import ProcessGroups
+    from gen3c_dist.parallel.mesh import ProcessGroups
 
 ATTENTION_BACKENDS = AttentionBackend.names()
+# The device mesh's dimensions, outermost first, and the dimensions each process group spans. ``replica`` and
+# ``cp`` are flattened mesh dimensions.
+MESH_DIMS = ("data", "cfg", "ring", "ulysses")
+GROUP_DIMS: dict[str, tuple[str, ...]] = {
+    "replica": ("cfg", "ring", "ulysses"), "cp": ("ring", "ulysses"), "cfg": ("cfg",), "ring": ("ring",),
+    "ulysses": ("ulysses",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +56,7 @@ class ParallelLayout:
     note: str = ""  # non-empty when the requested Ulysses/ring split was re-factored for the head count
     groups: Optional["ProcessGroups"] = dataclasses.field(default=None, compare=False, repr=False)
 
-    # ---- degrees and this rank's coordinates ------------------------------------------------------------
+    # ---- degrees ----------------------------------------------------------------------------------------
     @property
     def cp(self) -> int:
         return self.ulysses * self.ring
@@ -56,57 +65,70 @@ class ParallelLayout:
     def replica_size(self) -> int:
         return self.cfg * self.cp
 
+    # ---- the mesh: ranks in a [data, cfg, ring, ulysses] grid, row-major --------------------------------
     @property
-    def cp_index(self) -> int:
-        return self.rank % self.cp
+    def mesh_shape(self) -> tuple[int, int, int, int]:
+        """The device mesh's shape over :data:`MESH_DIMS`; rank r sits at the row-major position r."""
+        return (self.data, self.cfg, self.ring, self.ulysses)
 
     @property
-    def ulysses_index(self) -> int:
-        return self.cp_index % self.ulysses
+    def coordinate(self) -> dict[str, int]:
+        """This rank's index along each mesh dimension."""
+        index, out = self.rank, {}
+        for name, size in reversed(list(zip(MESH_DIMS, self.mesh_shape))):
+            index, out[name] = divmod(index, size)
+        return {name: out[name] for name in MESH_DIMS}
+
+    def ranks_along(self, dims: tuple[str, ...]) -> tuple[int, ...]:
+        """The ranks that share this rank's coordinates except along ``dims`` (row-major), i.e. its group over
+        those dimensions: what a DeviceMesh sliced (and flattened) over ``dims`` holds on this rank."""
+        grid = torch.arange(self.world_size).view(self.mesh_shape)
+        where = tuple(slice(None) if name in dims else self.coordinate[name] for name in MESH_DIMS)
+        return tuple(int(r) for r in grid[where].reshape(-1))
 
     @property
-    def ring_index(self) -> int:
-        return self.cp_index // self.ulysses
+    def data_index(self) -> int:
+        return self.coordinate["data"]
 
     @property
     def cfg_index(self) -> int:
         """0 runs the conditional pass, 1 the unconditional one (with cfg == 2)."""
-        return (self.rank // self.cp) % self.cfg
+        return self.coordinate["cfg"]
 
     @property
-    def data_index(self) -> int:
-        return self.rank // self.replica_size
+    def ring_index(self) -> int:
+        return self.coordinate["ring"]
 
-    # ---- rank sets (global ranks, ascending) ------------------------------------------------------------
-    def _rank_of(self, *, data_index: int, cfg_index: int, cp_index: int) -> int:
-        return (data_index * self.cfg + cfg_index) * self.cp + cp_index
+    @property
+    def ulysses_index(self) -> int:
+        return self.coordinate["ulysses"]
+
+    @property
+    def cp_index(self) -> int:
+        """Index of this rank's token shard: a Ulysses group holds consecutive shards."""
+        return self.ring_index * self.ulysses + self.ulysses_index
 
     @property
     def replica_ranks(self) -> tuple[int, ...]:
         """Every rank working on this rank's sample: the cfg x CP block of one data-parallel replica."""
-        start = self.data_index * self.replica_size
-        return tuple(range(start, start + self.replica_size))
+        return self.ranks_along(GROUP_DIMS["replica"])
 
     @property
     def cp_ranks(self) -> tuple[int, ...]:
-        start = self._rank_of(data_index=self.data_index, cfg_index=self.cfg_index, cp_index=0)
-        return tuple(range(start, start + self.cp))
+        return self.ranks_along(GROUP_DIMS["cp"])
 
     @property
     def cfg_ranks(self) -> tuple[int, ...]:
         """The ranks holding the same token shard of the cond and uncond passes (the per-step exchange)."""
-        return tuple(
-            self._rank_of(data_index=self.data_index, cfg_index=g, cp_index=self.cp_index) for g in range(self.cfg)
-        )
+        return self.ranks_along(GROUP_DIMS["cfg"])
 
     @property
     def ulysses_ranks(self) -> tuple[int, ...]:
-        start = self.cp_ranks[0] + self.ring_index * self.ulysses
-        return tuple(range(start, start + self.ulysses))
+        return self.ranks_along(GROUP_DIMS["ulysses"])
 
     @property
     def ring_ranks(self) -> tuple[int, ...]:
-        return tuple(self.cp_ranks[0] + r * self.ulysses + self.ulysses_index for r in range(self.ring))
+        return self.ranks_along(GROUP_DIMS["ring"])
 
     # ---- leads ------------------------------------------------------------------------------------------
     @property
@@ -123,14 +145,6 @@ class ParallelLayout:
     def is_replica_lead(self) -> bool:
         """True on exactly one rank per data-parallel replica: the one that writes the output."""
         return self.rank == self.replica_lead
-
-    def partitions(self, kind: str) -> list[tuple[int, ...]]:
-        """Every group of one kind across the whole world, in the same order on every rank (for new_group)."""
-        attribute = f"{kind}_ranks"
-        if kind not in ("replica", "cp", "cfg", "ulysses", "ring"):
-            raise ValueError(f"unknown group kind {kind!r}")
-        others = (dataclasses.replace(self, rank=r, groups=None) for r in range(self.world_size))
-        return sorted({getattr(o, attribute) for o in others})
 
     def describe(self) -> str:
         return (

@@ -67,7 +67,7 @@ class Group:
         Rank 0's choice is shared, so a per-rank input (the GPU name the cost model reads) can never give two
         ranks different layouts.
         """
-        from gen3c_dist.parallel.groups import attach_process_groups
+        from gen3c_dist.parallel.mesh import attach_process_groups
         from gen3c_dist.parallel.layout import plan_layout
 
         # Every rank runs the choice (so a refusal is the same message everywhere); rank 0's result is used.
