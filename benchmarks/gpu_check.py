@@ -62,21 +62,22 @@ class StepSpec:
 # early leaves its time to the next, and the runner chunk gets whatever is left.
 STEPS = (
     StepSpec("device", step_device, 30.0, 5.0),
-    StepSpec("dit_forward", step_dit_forward, 80.0, 20.0),
-    StepSpec("dit_compile", step_dit_compile, 100.0, 20.0),
+    StepSpec("dit_forward", step_dit_forward, 70.0, 20.0),
+    StepSpec("dit_compile", step_dit_compile, 90.0, 20.0),
     StepSpec("tokenizer", step_tokenizer, 40.0, 10.0),
     StepSpec("runner_chunk", step_runner_chunk, 600.0, 30.0),
 )
 assert tuple(spec.name for spec in STEPS) == STEP_NAMES
-DEFAULT_BUDGET_S = {"full": 290.0, "smoke": 600.0}
+DEFAULT_BUDGET_S = {"full": 265.0, "smoke": 600.0}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json / .md and the runner's record")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for gpu_check.json / .md and the runner's record")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: proves the script works")
-    parser.add_argument("--budget-s", type=float, default=None, help="total seconds (default 290; smoke 600)")
+    parser.add_argument("--budget-s", type=float, default=None, help="total seconds (default 265; smoke 600)")
     parser.add_argument("--step-budget", action="append", default=[], metavar="STEP=SECONDS",
                         help="override one step's budget, e.g. dit_compile=60")
     parser.add_argument("--skip", action="append", default=[], choices=STEP_NAMES, help="leave a step out")

@@ -159,7 +159,8 @@ def _measurement_rows(steps: dict) -> Iterator[tuple[str, str]]:
         yield f"{mm['dtype']} {mm['n']}^3 matmul", f"{_fmt(mm['tflops'], 1)} TFLOP/s (median of {mm['repeats']})"
     forward = _result(steps, "dit_forward")
     if forward.get("init_s") is not None:
-        yield f"DiT random init on {forward['init_device']}", f"{_fmt(forward['init_s'])} s, {_fmt(forward['weights_gib'])} GiB"
+        yield (f"DiT random init on {forward['init_device']}",
+               f"{_fmt(forward['init_s'])} s, {_fmt(forward['weights_gib'])} GiB")
     for entry in forward.get("kernels", []):
         label = f"DiT forward, {entry['kernel']}" + (" (auto)" if entry["auto"] else "")
         if entry["status"] == "ran":
@@ -183,7 +184,8 @@ def _measurement_rows(steps: dict) -> Iterator[tuple[str, str]]:
     if runner.get("record"):
         stages = ", ".join(f"{k} {_fmt(v, 1)}" for k, v in sorted(runner["record"]["stages_s"].items()))
         yield (f"runner chunk, {runner['steps_run']} of {runner['steps_requested']} steps",
-               f"wall {_fmt(runner['wall_s'], 1)} s; median step {_fmt(runner['step_s_median'])} s; stages (s): {stages}")
+               f"wall {_fmt(runner['wall_s'], 1)} s; median step {_fmt(runner['step_s_median'])} s; "
+               f"stages (s): {stages}")
 
 
 def to_markdown(report: dict) -> str:

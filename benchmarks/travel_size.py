@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(parts.values())
     listing = " + ".join(f"{name} {size / MIB:.1f} MiB" for name, size in parts.items())
     verdict = "fits" if total <= LIMIT_BYTES else "is OVER"
-    print(f"travel_size: {listing} = {total / MIB:.1f} MiB, {verdict} the {LIMIT_BYTES // MIB} MiB a device call carries")
+    print(f"travel_size: {listing} = {total / MIB:.1f} MiB, {verdict} the {LIMIT_BYTES // MIB} MiB "
+          "a device call carries")
     return 0 if total <= LIMIT_BYTES else 1
 
 

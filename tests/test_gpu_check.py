@@ -116,7 +116,8 @@ def test_smoke_runner_chunk_comes_from_the_runners_record(smoke: tuple[dict, Pat
     assert runner["steps_run"] == runner["steps_requested"] == SMOKE.chunk_steps == len(record["steps_s"])
     assert runner["record"]["stages_s"] == record["stages_s"] and runner["record"]["steps_s"] == record["steps_s"]
     assert {"conditioning", "encode", "denoise", "decode"} <= set(record["stages_s"])
-    assert record["frames"] == SMOKE.video_thw[0] and record["tokens"] == dit_tokens(model_preset("tiny"), SMOKE.latent_thw)
+    assert record["frames"] == SMOKE.video_thw[0]
+    assert record["tokens"] == dit_tokens(model_preset("tiny"), SMOKE.latent_thw)
     assert record["config"]["sampler"]["steps"] == SMOKE.chunk_steps and record["config"]["text"]["enabled"] is False
     assert record["config"]["cache"]["generated_frame_depth"] == "cache_render"
     assert record["config"]["input"]["depth"].endswith("demo_scene_depth.npz")
@@ -204,7 +205,8 @@ def test_runner_plan_runs_the_full_chunk_fewer_steps_or_none() -> None:
     assert (fewer.steps, fewer.predicted_s) == (10, 86 + 60) and "10 steps run" in fewer.reason
     none = plan_runner_steps(remaining_s=90.0, **common)
     assert none.steps == 0 and "even 2 steps" in none.reason
-    unmeasured = plan_runner_steps(requested=35, remaining_s=10.0, forward_s=None, init_s=0, conditioning_s=0, decode_s=0)
+    unmeasured = plan_runner_steps(requested=35, remaining_s=10.0, forward_s=None, init_s=0, conditioning_s=0,
+                                   decode_s=0)
     assert (unmeasured.steps, unmeasured.predicted_s) == (35, None)
 
 
