@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 CPU_TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test clean-venv
+.PHONY: setup demo test clean-venv gpu-bundle
 
 setup: $(VENV)/.installed
 
@@ -34,3 +34,22 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---- the GPU check's bundle (benchmarks/README.md, "The GPU check") --------------------------------------------
+# The pure-Python packages the runner needs that the GPU machine's image lacks, as wheels for its Python 3.12 on
+# x86-64, into the ignored folder that a device call carries. Versions are those the CPU tests run with, except
+# imageio-ffmpeg: 0.8.1's wheel (68 MB) alone is over the 64 MiB a call carries; 0.6.0's is 29.5 MB.
+# antlr4-python3-runtime 4.9.3 (what omegaconf 2.3 pins) is published as an sdist only: pip builds its wheel here.
+GPU_BUNDLE_DIR ?= .whl
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 imageio-ffmpeg==0.6.0
+GPU_SDISTS := antlr4-python3-runtime==4.9.3
+GPU_PLATFORM := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	--platform manylinux1_x86_64
+
+gpu-bundle:
+	rm -rf $(GPU_BUNDLE_DIR) && mkdir -p $(GPU_BUNDLE_DIR)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: $(GPU_PLATFORM) -d $(GPU_BUNDLE_DIR) $(GPU_WHEELS)
+	$(PYTHON) -m pip wheel -q --no-deps -w $(GPU_BUNDLE_DIR) $(GPU_SDISTS)
+	ls -l $(GPU_BUNDLE_DIR)
+	$(PYTHON) benchmarks/travel_size.py $(GPU_BUNDLE_DIR)
