@@ -5,8 +5,9 @@ the demo needs no depth model, and the 3D-cache renders along the camera path ar
 tiny random DiT's frames are not. ``python -m gen3c_dist.demo_scene`` rewrites the shipped files under
 ``gen3c_dist/assets/``; a test checks that they match a fresh render.
 
-Conventions are GEN3C's: camera at the origin looking down +z, x right, y down, pixel (x, y) on integer
-coordinates with ray ``K^-1 [x, y, 1]``, depth is z-depth.
+Conventions are GEN3C's: the image demo's camera sits at the origin looking down +z (any other camera is a
+world-to-camera ``w2c``, as the multi-view demo uses), x right, y down, pixel (x, y) on integer coordinates
+with ray ``K^-1 [x, y, 1]``, depth is z-depth.
 """
 
 from __future__ import annotations

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-from gen3c_dist.geometry.cache3d import BOUNDARY_RATIO, INIT_DEPTH_MAX, RenderFinisher, WarpSource, check_cameras
+from gen3c_dist.geometry.cache3d import (
+    BOUNDARY_RATIO,
+    INIT_DEPTH_MAX,
+    WARP_PAIR,
+    RenderFinisher,
+    WarpSource,
+    check_cameras,
+)
 from gen3c_dist.geometry.warp import reliable_depth_mask, unproject_points
 
 FRAME_BUFFER_MAX = 2  # the official script hard-codes 2 selected buffers (gen3c_multiview.py)
@@ -153,7 +160,7 @@ class KeyFrameCache:
         _check_key_frames(images_BN3HW, depth_BN1HW, mask_BN1HW, w2c_BN44, K_BN33)
         if frame_buffer_max < 1:
             raise ValueError(f"frame_buffer_max: must be >= 1, got {frame_buffer_max}")
-        if images_per_warp < 2 or images_per_warp % 2:
+        if images_per_warp < WARP_PAIR or images_per_warp % WARP_PAIR:
             raise ValueError(f"images_per_warp: must be a positive even number, got {images_per_warp}")
         B, N, _, H, W = images_BN3HW.shape
         self.frame_buffer_max = int(frame_buffer_max)
