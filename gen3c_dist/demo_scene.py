@@ -5,8 +5,9 @@ the demo needs no depth model, and the 3D-cache renders along the camera path ar
 tiny random DiT's frames are not. ``python -m gen3c_dist.demo_scene`` rewrites the shipped files under
 ``gen3c_dist/assets/``; a test checks that they match a fresh render.
 
-Conventions are GEN3C's: camera at the origin looking down +z, x right, y down, pixel (x, y) on integer
-coordinates with ray ``K^-1 [x, y, 1]``, depth is z-depth.
+Conventions are GEN3C's: the image demo's camera sits at the origin looking down +z (any other camera is a
+world-to-camera ``w2c``, as the multi-view demo uses), x right, y down, pixel (x, y) on integer coordinates
+with ray ``K^-1 [x, y, 1]``, depth is z-depth.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ def _ray_directions(height: int, width: int, K: np.ndarray) -> np.ndarray:
     return pixels @ np.linalg.inv(K).T  # [H, W, 3], z component 1
 
 
-def _hit_spheres(rays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest sphere hit per ray: distance t (inf if none), unit normal, base colour."""
+def _hit_spheres(rays: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest sphere hit per ray from ``origin``: distance t (inf if none), unit normal, base colour."""
     t_best = np.full(rays.shape[:2], np.inf)
     normal = np.zeros(rays.shape)
     colour = np.zeros(rays.shape)
     for centre, radius, rgb in SPHERES:
-        c = np.asarray(centre)
+        c = np.asarray(centre) - origin
         b = rays @ c
         a = (rays**2).sum(-1)
         disc = b**2 - a * (c @ c - radius**2)
@@ -55,15 +56,31 @@ def _hit_spheres(rays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t_best, normal, colour
 
 
-def render_demo_scene(height: int = HEIGHT, width: int = WIDTH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (rgb uint8 [H, W, 3], z-depth float32 [H, W], K float32 [3, 3])."""
-    K = demo_intrinsics(height, width)
-    rays = _ray_directions(height, width, K)
-    t_wall = WALL_Z / rays[..., 2]
-    t_floor = np.where(rays[..., 1] > 1e-9, FLOOR_Y / np.maximum(rays[..., 1], 1e-9), np.inf)
-    t_sphere, sphere_normal, sphere_rgb = _hit_spheres(rays)
+def _plane_hits(rays: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ray distances t to the wall (z = WALL_Z) and the floor (y = FLOOR_Y), inf where a ray misses."""
+    t_wall = np.where(rays[..., 2] > 1e-9, (WALL_Z - origin[2]) / np.maximum(rays[..., 2], 1e-9), np.inf)
+    t_floor = np.where(rays[..., 1] > 1e-9, (FLOOR_Y - origin[1]) / np.maximum(rays[..., 1], 1e-9), np.inf)
+    return t_wall, t_floor
+
+
+def render_demo_scene(height: int = HEIGHT, width: int = WIDTH, *, w2c: np.ndarray | None = None,
+                      K: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (rgb uint8 [H, W, 3], z-depth float32 [H, W], K float32 [3, 3]) seen by camera ``w2c``.
+
+    ``w2c`` (world-to-camera, float64 [4, 4], default the identity) must be rigid; ``K`` defaults to
+    :func:`demo_intrinsics`. Colours depend only on the world point (no view-dependent shading), so every
+    camera sees the same surface colours: renders from several cameras are exact multi-view data.
+    """
+    K = demo_intrinsics(height, width) if K is None else np.asarray(K, dtype=np.float64)
+    rays_cam = _ray_directions(height, width, K)  # [H, W, 3], z component 1
+    w2c = np.eye(4) if w2c is None else np.asarray(w2c, dtype=np.float64)
+    R, t_cam = w2c[:3, :3], w2c[:3, 3]
+    origin = -R.T @ t_cam
+    rays = rays_cam @ R  # world directions R^T d, with the same ray parameter t as in the camera frame
+    t_wall, t_floor = _plane_hits(rays, origin)
+    t_sphere, sphere_normal, sphere_rgb = _hit_spheres(rays, origin)
     t = np.minimum(np.minimum(t_wall, t_floor), t_sphere)
-    points = rays * t[..., None]
+    points = origin + rays * t[..., None]
 
     wall_rgb = np.stack([0.55 + 0.25 * (np.sin(points[..., 0] * 6) > 0), 0.6 + 0.2 * np.cos(points[..., 1] * 3), 0.45 + 0.0 * t], -1)
     checker = (np.floor(points[..., 0] * 2.5) + np.floor(points[..., 2] * 2.5)) % 2
@@ -74,7 +91,8 @@ def render_demo_scene(height: int = HEIGHT, width: int = WIDTH) -> tuple[np.ndar
     rgb = rgb * (1.0 / (1.0 + 0.08 * points[..., 2]))[..., None]  # depth cue, so the warps read as 3D
 
     image = np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
-    return image, points[..., 2].astype(np.float32), K.astype(np.float32)
+    depth = (rays_cam * t[..., None])[..., 2]  # z-depth in the camera (= t, as the camera-frame ray has z = 1)
+    return image, depth.astype(np.float32), K.astype(np.float32)
 
 
 def write_assets(directory: Path = ASSET_DIR) -> None:

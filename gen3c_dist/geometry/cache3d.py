@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -19,6 +19,8 @@ INIT_DEPTH_MAX = 100.0  # sky / invalid depth on the input frame
 UPDATE_DEPTH_MAX = 1e4  # generated frames: not clamped to 100 (official quirk, spec section 10 item 7)
 BOUNDARY_RATIO = 0.05  # foreground-masking edge threshold, independent of filter_points_threshold
 WARP_PAIR = 2  # the official render warps 2 images per call, each call with its own z-buffer max
+# (all-buffer warps [B, F, N, 3, H, W], masks [B, F, N, 1, H, W]) -> a cache's render output
+RenderFinisher = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -59,13 +61,21 @@ class WarpSource:
 
     Items are the (batch, frame, buffer) triples flattened frame-major: item j is batch j // (F N), frame
     (j // N) % F, buffer j % N, so a render's output [B, F, N, ...] is the items' results in order.
+
+    The foreground-masking edge mask is [B, 1, H, W] when one mask serves every buffer (:class:`Cache3D`: the
+    input frame's edges, spec section 1.6) or [B, N, H, W] with one per buffer (the key-frame cache).
     """
 
     images_BN3HW: torch.Tensor
     points_BNHW3: torch.Tensor
-    masks_BN1HW: Optional[torch.Tensor]  # bool, None: no depth-edge filter
-    boundary_BHW: Optional[torch.Tensor]  # bool, None: no foreground masking
+    masks_BN1HW: Optional[torch.Tensor]  # bool, None: every point is splatted
+    boundary_BNHW: Optional[torch.Tensor]  # bool [B, 1 or N, H, W], None: no foreground masking
     images_per_warp: int
+
+    @property
+    def boundary_buffers(self) -> int:
+        """0 without foreground masking, else the boundary's buffer count (1: shared by every buffer)."""
+        return 0 if self.boundary_BNHW is None else self.boundary_BNHW.shape[1]
 
     def num_items(self, num_frames: int) -> int:
         return self.images_BN3HW.shape[0] * num_frames * self.images_BN3HW.shape[1]
@@ -88,6 +98,7 @@ class WarpSource:
             )
         device = self.images_BN3HW.device
         w2cs_BF44, Ks_BF33 = w2cs_BF44.to(device, torch.float32), Ks_BF33.to(device, torch.float32)
+        boundary_BNHW = None if self.boundary_BNHW is None else self.boundary_BNHW.expand(B, N, H, W)
         images = [torch.empty(0, 3, H, W, device=device, dtype=torch.float32)]  # so an empty range has a shape
         masks = [torch.empty(0, 1, H, W, device=device, dtype=torch.float32)]
         depths = [torch.empty(0, H, W, device=device, dtype=torch.float32)]
@@ -101,7 +112,7 @@ class WarpSource:
                 world_points_BHW3=self.points_BNHW3[b, n],
                 valid_mask_B1HW=None if self.masks_BN1HW is None else self.masks_BN1HW[b, n],
                 render_depth=want_depth,
-                boundary_mask_BHW=None if self.boundary_BHW is None else self.boundary_BHW[b],
+                boundary_mask_BHW=None if boundary_BNHW is None else boundary_BNHW[b, n],
                 zmax_group_size=WARP_PAIR,
             )
             images.append(result.image)
@@ -176,7 +187,23 @@ class Cache3D:
 
     def warp_source(self) -> WarpSource:
         """The tensors rendering reads (views, not copies), e.g. to warp a range of items on another rank."""
-        return WarpSource(self.images, self.points, self.masks, self.boundary, self.images_per_warp)
+        boundary_B1HW = None if self.boundary is None else self.boundary[:, None]
+        return WarpSource(self.images, self.points, self.masks, boundary_B1HW, self.images_per_warp)
+
+    @property
+    def output_buffers(self) -> int:
+        """Buffers in :meth:`render`'s output: all of them."""
+        return self.num_buffers
+
+    def render_finisher(self, num_frames: int) -> RenderFinisher:
+        """What turns the raw warps of a ``num_frames`` render into :meth:`render`'s output: adding the noise.
+
+        The noise is drawn here, at once, so a distributed render can draw it while other ranks' warps arrive;
+        the generator advances exactly as in :meth:`render`.
+        """
+        B, N, _, H, W = self.images.shape
+        noise_BFN3HW = self.warp_noise((B, num_frames, N, 3, H, W))
+        return lambda images_BFN3HW, masks_BFN1HW: (images_BFN3HW + noise_BFN3HW, masks_BFN1HW)
 
     def _warp_all(
         self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, *, want_depth: bool
