@@ -12,13 +12,9 @@ import torch
 from gen3c_dist.geometry.cache3d import Cache3D
 from gen3c_dist.geometry.camera import generate_trajectory, load_trajectory_file
 from gen3c_dist.geometry.depth_align import AlignmentConfig, align_depth, rigid_align_depth
-from gen3c_dist.geometry.raycast import (
-    edge_mesh_triangles,
-    nearest_hit_all_pairs,
-    nearest_hit_binned,
-    unit_pixel_rays,
-)
-from gen3c_dist.geometry.warp import forward_warp, pixel_rays, reliable_depth_mask, unproject_points
+from gen3c_dist.geometry.pinhole import pixel_rays, unit_pixel_rays
+from gen3c_dist.geometry.raycast import edge_mesh_triangles, nearest_hit_all_pairs, nearest_hit_binned
+from gen3c_dist.geometry.warp import forward_warp, reliable_depth_mask, unproject_points
 
 H, W = 16, 24
 

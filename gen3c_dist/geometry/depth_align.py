@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gen3c_dist.geometry.warp import apply_transform, pixel_rays
+from gen3c_dist.geometry.pinhole import apply_transform, pixel_rays
 
 
 @dataclass(frozen=True)

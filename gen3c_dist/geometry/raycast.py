@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gen3c_dist.geometry.pinhole import unit_pixel_rays
+
 MT_EPS = 1e-8
 MESH_DOWNSAMPLE = 4
 OCCLUSION_MARGIN = 0.02
@@ -44,19 +46,6 @@ def edge_mesh_triangles(
     tl, tr = pts_HW3[:-1, :-1][quads], pts_HW3[:-1, 1:][quads]
     bl, br = pts_HW3[1:, :-1][quads], pts_HW3[1:, 1:][quads]
     return torch.cat([torch.stack([tl, tr, bl], dim=1), torch.stack([tr, br, bl], dim=1)], dim=0)
-
-
-def unit_pixel_rays(K_33: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """normalize(K^-1 [x, y, 1]) at integer pixel coordinates, [H, W, 3]."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float32, device=K_33.device),
-        torch.arange(width, dtype=torch.float32, device=K_33.device),
-        indexing="ij",
-    )
-    homo_HW3 = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)
-    rays_HW3 = torch.matmul(homo_HW3, torch.linalg.inv(K_33.to(torch.float32)).T)
-    norm_HW1 = torch.linalg.vector_norm(rays_HW3, dim=-1, keepdim=True)
-    return rays_HW3 / torch.where(norm_HW1 == 0, torch.ones_like(norm_HW1), norm_HW1)
 
 
 def _split(v_N3: torch.Tensor) -> Vec3:

@@ -1,7 +1,8 @@
-"""Pinhole geometry and forward warping by bilinear splatting with a soft z-buffer (spec sections 7.2-7.5).
+"""Unprojection and forward warping by bilinear splatting with a soft z-buffer (spec sections 7.2-7.5).
 
-Pixels have integer coordinates (no +0.5): pixel (x, y) has the ray K^-1 [x, y, 1]. Depth is z-depth. Images are
-in [-1, 1]. All geometry runs in float32, like the official code, whose fixtures these functions reproduce.
+Camera conventions and the official operation order of every camera product are in
+:mod:`gen3c_dist.geometry.pinhole`. Images are in [-1, 1]. All geometry runs in float32, like the official code,
+whose fixtures these functions reproduce.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from gen3c_dist.geometry.pinhole import apply_transform, pixel_grid, pixel_rays, project_to_image
 from gen3c_dist.geometry.raycast import occluded_by_foreground
 
 ZBUFFER_SCALE = 50.0
@@ -29,34 +31,13 @@ class WarpResult:
     flow: torch.Tensor  # [B, 2, H, W] projected position - integer grid, for every source pixel
 
 
-def pixel_grid(height: int, width: int, *, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Integer pixel coordinates [2, H, W]: channel 0 is x, channel 1 is y."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=device, dtype=dtype), torch.arange(width, device=device, dtype=dtype), indexing="ij"
-    )
-    return torch.stack([xs, ys], dim=0)
-
-
-def pixel_rays(K_B33: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Unnormalised rays K^-1 [x, y, 1] [B, H, W, 3] at integer pixel coordinates."""
-    grid_2HW = pixel_grid(height, width, device=K_B33.device)
-    homo_HW3 = torch.cat([grid_2HW.permute(1, 2, 0), torch.ones(height, width, 1, device=K_B33.device)], dim=-1)
-    K_inv_B33 = torch.linalg.inv(K_B33.to(torch.float32))
-    return torch.matmul(homo_HW3[None], K_inv_B33.transpose(-1, -2)[:, None])
-
-
-def apply_transform(points_BHW3: torch.Tensor, T_B44: torch.Tensor) -> torch.Tensor:
-    """Rigid/affine 4x4 transform of points [B, H, W, 3], through homogeneous coordinates like the official code."""
-    homo_BHW4 = torch.cat([points_BHW3, torch.ones_like(points_BHW3[..., :1])], dim=-1)
-    return torch.matmul(homo_BHW4, T_B44.transpose(-1, -2)[:, None])[..., :3]
-
-
 def unproject_points(
     depth_B1HW: torch.Tensor, w2c_B44: torch.Tensor, K_B33: torch.Tensor, *, mask_B1HW: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """World points [B, H, W, 3] of z-depth pixels; (0, 0, 0) where the mask (default: depth > 0) is off.
 
-    Differentiable in ``depth`` (used by the non-rigid depth alignment). The inverse of w2c is taken in fp32.
+    Differentiable in ``depth``. The inverse of w2c is taken in fp32. The official code gathers the masked pixels
+    before multiplying; each point goes through the same K^-1 and inverse(w2c) products here (spec section 7.2).
     """
     _, _, height, width = depth_B1HW.shape
     mask_BHW1 = (depth_B1HW > 0 if mask_B1HW is None else mask_B1HW.bool())[:, 0, :, :, None]
@@ -109,6 +90,13 @@ def _splat_corners(pos_B2HW: torch.Tensor, height: int, width: int) -> tuple[lis
 
     Floor, ceil and the position are clamped separately to [0, W+1] x [0, H+1] after the +1 border offset,
     exactly as the official code does: out-of-view points land in the border that is cropped afterwards.
+
+    Integer landing (official quirk, kept): where a coordinate is an exact integer, floor == ceil, so both of its
+    weights are 1 - 0 = 1 and both corners are the same pixel. A point on an exact integer pixel therefore adds 4x
+    its weight to that one pixel and nothing to its neighbours, while a point one ulp off gives its neighbours
+    ~1e-7. This follows from the formulas themselves (the same floor, ceil, clamps and four accumulated
+    contributions as the official ``bilinear_splatting``), not from a special case; it is why the projection
+    rounding must be the official one (:mod:`gen3c_dist.geometry.pinhole`).
     """
     offset = pos_B2HW + 1
     lo = [torch.floor(offset[:, 0]).long().clamp(0, width + 1), torch.floor(offset[:, 1]).long().clamp(0, height + 1)]
@@ -211,7 +199,7 @@ def forward_warp(
         frame_BCHW, target_w2c_B44=target_w2c_B44, target_K_B33=target_K_B33, world_points_BHW3=world_points_BHW3,
         depth_B1HW=depth_B1HW, source_w2c_B44=source_w2c_B44, source_K_B33=source_K_B33,
     )
-    proj_BHW3 = torch.matmul(cam_BHW3, target_K_B33.transpose(-1, -2)[:, None])
+    proj_BHW3 = project_to_image(cam_BHW3, target_K_B33)
     z_B1HW = proj_BHW3[..., 2][:, None]
     valid_B1HW = torch.ones_like(z_B1HW) if valid_mask_B1HW is None else valid_mask_B1HW.to(z_B1HW.dtype)
     valid_B1HW = valid_B1HW * (z_B1HW > 0)
