@@ -382,7 +382,7 @@ class RunConfig:
 
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (entry points only)."""
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.config_store import ConfigStore  # Hydra only in entry points: configs import without it
 
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from gen3c_dist.config import ModelConfig, model_preset
 from gen3c_dist.model.checkpoint_io import CONFIG_NAME, INDEX_NAME, CheckpointError, CheckpointReader
@@ -32,8 +33,6 @@ DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp32": torch.float32, "fp16": t
 def convert(source: Path, output: Path, *, config: ModelConfig, dtype: torch.dtype | None, shard_bytes: int) -> Path:
     if output.exists():
         raise FileExistsError(f"--output {output} already exists; remove it or choose another folder")
-    from safetensors.torch import save_file
-
     reader = CheckpointReader(source)
     with torch.device("meta"):
         model_shapes = {n: tuple(p.shape) for n, p in GEN3CDiT(config).named_parameters()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 IMAGE_NAME = "demo_scene.png"
@@ -96,8 +97,6 @@ def render_demo_scene(height: int = HEIGHT, width: int = WIDTH, *, w2c: np.ndarr
 
 
 def write_assets(directory: Path = ASSET_DIR) -> None:
-    from PIL import Image
-
     image, depth, K = render_demo_scene()
     directory.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(directory / IMAGE_NAME)

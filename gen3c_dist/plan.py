@@ -22,14 +22,24 @@ import sys
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
-from gen3c_dist.config import AttentionBackend, DType, RunConfig
+from gen3c_dist.config import AttentionBackend, DType, LayoutMode, ParallelConfig, RunConfig, register_configs
 from gen3c_dist.errors import InputError
-from gen3c_dist.parallel.auto_layout import LayoutChoice, LayoutRequest, choose_layout, replica_degrees
+from gen3c_dist.model.dit import GEN3CDiT
+from gen3c_dist.model.tokenizer.config import tokenizer_preset
+from gen3c_dist.model.tokenizer.decoder import VideoDecoder
+from gen3c_dist.model.tokenizer.encoder import VideoEncoder
+from gen3c_dist.parallel.auto_layout import LayoutChoice, LayoutRequest, choose_layout, makespan_chunks
 from gen3c_dist.parallel.comm_counter import expected_bytes_per_step
 from gen3c_dist.parallel.layout import ParallelLayout, plan_layout
-from gen3c_dist.perf.flops import dit_tokens, latent_thw
+from gen3c_dist.parallel.mesh import attach_process_groups
 from gen3c_dist.perf.hardware import GPUS, gpu_spec
+from gen3c_dist.perf.projection import run_chunk_cost
+from gen3c_dist.run import CONF_DIR, _register_resolvers, to_run_config
+from gen3c_dist.runner.jobs import batch_jobs, check_num_frames, single_job
+from gen3c_dist.sampling.guidance import runs_both_passes
+from gen3c_dist.shapes import dit_tokens, latent_thw
 
 # Parameter counts of the models whose weights this repo does not build natively, counted once by building
 # them: MoGe v1 ViT-L (moge.model.v1.MoGeModel with encoder dinov2_vitl14 and the released config) and the
@@ -48,11 +58,8 @@ class Candidate:
 
 
 def compose_config(config_name: str, overrides: list[str]) -> RunConfig:
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_dir  # Hydra only where a config is composed
     from hydra.core.global_hydra import GlobalHydra
-
-    from gen3c_dist.config import register_configs
-    from gen3c_dist.run import CONF_DIR, _register_resolvers, to_run_config
 
     register_configs()
     _register_resolvers()
@@ -63,8 +70,6 @@ def compose_config(config_name: str, overrides: list[str]) -> RunConfig:
 
 def video_chunks(cfg: RunConfig) -> tuple[int, ...]:
     """Chunks per video of the run (a batch's valid lines; files are not opened)."""
-    from gen3c_dist.runner.jobs import batch_jobs, check_num_frames, single_job
-
     jobs = batch_jobs(cfg)[0] if cfg.batch.jsonl is not None else [single_job(cfg)]
     return tuple(check_num_frames(job.input.num_frames) for job in jobs)
 
@@ -96,8 +101,6 @@ def every_layout(cfg: RunConfig, request: LayoutRequest, chunk_cost, elt: int) -
                     continue
                 if layout.note:
                     continue
-                from gen3c_dist.parallel.auto_layout import makespan_chunks
-
                 chunk_s = chunk_cost(layout)
                 sent = sum(expected_bytes_per_step(layout, model_cfg=cfg.model, latent_BCTHW=latent, element_size=elt).values())
                 found.append(Candidate(layout, chunk_s, makespan_chunks(request.video_chunks, data) * chunk_s, sent))
@@ -111,11 +114,6 @@ def _params(module_fn) -> int:
 
 def memory_rows(cfg: RunConfig, layout: ParallelLayout, elt: int) -> list[tuple[str, dict[str, float]]]:
     """GiB per role: DiT weights (exact), DiT activations (estimate), conditioning models (exact counts)."""
-    from gen3c_dist.model.dit import GEN3CDiT
-    from gen3c_dist.model.tokenizer.config import tokenizer_preset
-    from gen3c_dist.model.tokenizer.decoder import VideoDecoder
-    from gen3c_dist.model.tokenizer.encoder import VideoEncoder
-
     dit = _params(lambda: GEN3CDiT(cfg.model)) * elt
     network = tokenizer_preset(cfg.tokenizer.preset)
     tokenizer = (_params(lambda: VideoEncoder(network)) + _params(lambda: VideoDecoder(network))) * elt
@@ -143,10 +141,7 @@ def memory_rows(cfg: RunConfig, layout: ParallelLayout, elt: int) -> list[tuple[
 def check_groups_on_fake_backend(layout: ParallelLayout, *, num_heads: int, guidance_runs_both: bool,
                                  timeout_s: float, max_ranks: int = 64) -> int:
     """Build every rank's process groups on the ``fake`` backend (one rank at a time); returns ranks checked."""
-    import torch.distributed as dist
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    from gen3c_dist.parallel.mesh import attach_process_groups
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # torch-internal: only for this check
 
     ranks = range(min(layout.world_size, max_ranks))
     config = dataclasses.replace(
@@ -164,8 +159,6 @@ def check_groups_on_fake_backend(layout: ParallelLayout, *, num_heads: int, guid
 
 
 def _config_of(layout: ParallelLayout):
-    from gen3c_dist.config import LayoutMode, ParallelConfig
-
     return ParallelConfig(layout=LayoutMode.explicit, data=layout.data, cfg=layout.cfg, ulysses=layout.ulysses,
                           ring=layout.ring, attention=AttentionBackend(layout.attention))
 
@@ -218,13 +211,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _plan(args) -> int:
-    from gen3c_dist.perf.projection import run_chunk_cost
-    from gen3c_dist.runner.group_runtime import guidance_runs_both
-
     cfg = compose_config(args.config_name, args.overrides)
     per_node = args.ranks_per_node or args.world_size
     chunks = video_chunks(cfg)
-    both = guidance_runs_both(cfg.sampler)
+    both = runs_both_passes(cfg.sampler.guidance_policy, cfg.sampler.guidance)
     gpu = gpu_spec(args.gpu)
     cost = run_chunk_cost(cfg.model, height=cfg.input.height, width=cfg.input.width, steps=cfg.sampler.steps,
                           guidance_runs_both=both, tokenizer=cfg.parallel.tokenizer, gpus_per_node=per_node, gpu=gpu)

@@ -9,6 +9,9 @@
 Hydra appears only here: the composed config becomes a typed :class:`RunConfig` and everything below receives
 plain dataclasses. Presets live in ``conf/`` at the repository root (a source checkout or editable install).
 
+Imports inside the functions below are deliberate: ``--help`` and a bad override must answer at once, before
+torch, Hydra's app machinery or the runner are imported (several seconds on a cold machine).
+
 Exit status: 0 when every video was made, 1 when a batch line failed or a rank raised an unexpected error
 (its traceback is printed, and torchrun's error record names the rank), 2 for a bad input or configuration:
 one line naming the input and the problem, no traceback.

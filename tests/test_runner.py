@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gen3c_dist.runner.conditioning_stage import VideoConditioner
+from gen3c_dist.conditioning.video_conditioner import VideoConditioner
 from gen3c_dist.runner.session import run_session
 from tests.runner_utils import FAST_DEMO, REPO, compose, run_cli
 
@@ -50,9 +50,8 @@ def test_complete_output_is_skipped_on_rerun(tmp_path: Path, monkeypatch):
     assert run_session(cfg) == 0
     stamp = (tmp_path / "demo.json").stat().st_mtime_ns
     monkeypatch.setattr(VideoConditioner, "prepare", lambda *a, **k: pytest.fail("a complete output was regenerated"))
-    from gen3c_dist.runner.group_runtime import Group
-
-    monkeypatch.setattr(Group, "load_models", lambda *a, **k: pytest.fail("models were loaded with nothing to make"))
+    monkeypatch.setattr("gen3c_dist.runner.session.load_models",
+                        lambda *a, **k: pytest.fail("models were loaded with nothing to make"))
     assert run_session(cfg) == 0
     assert (tmp_path / "demo.json").stat().st_mtime_ns == stamp
 
@@ -62,21 +61,21 @@ def test_241_frames_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: P
     assert run_session(demo_config(whole, "input.num_frames=241", "output.save_latents=true")) == 0
     assert iio.imread(whole / "demo.mp4").shape[0] == 241
 
-    original_chunk = VideoConditioner.chunk
+    original_advance = VideoConditioner.advance
 
     def crash_on_second_chunk(self, chunk_index, last_frame):
         if chunk_index == 1:
             raise RuntimeError("simulated crash after the first chunk")
-        return original_chunk(self, chunk_index, last_frame)
+        return original_advance(self, chunk_index, last_frame)
 
-    monkeypatch.setattr(VideoConditioner, "chunk", crash_on_second_chunk)
+    monkeypatch.setattr(VideoConditioner, "advance", crash_on_second_chunk)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_session(demo_config(crashed, "input.num_frames=241", "output.save_latents=true"))
     assert (crashed / "demo.partial" / "state.safetensors").exists() and not (crashed / "demo.mp4").exists()
     assert (crashed / "demo.partial" / "chunk0.safetensors").exists()  # one file per chunk, not a growing snapshot
     assert not list(crashed.glob(".*tmp*"))  # the aborted mp4 streams left nothing behind
 
-    monkeypatch.setattr(VideoConditioner, "chunk", original_chunk)
+    monkeypatch.setattr(VideoConditioner, "advance", original_advance)
     assert run_session(demo_config(crashed, "input.num_frames=241", "output.save_latents=true")) == 0
     a, b = load_file(str(whole / "demo_latents.safetensors")), load_file(str(crashed / "demo_latents.safetensors"))
     assert set(a) == {"chunk0", "chunk1"}

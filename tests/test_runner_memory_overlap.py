@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from gen3c_dist.runner.background import Background, BackgroundWriter
-from gen3c_dist.runner.offload import DeviceSwap
+from gen3c_dist.runner.models import DeviceSwap
 from gen3c_dist.runner.outputs import Mp4Stream
 from gen3c_dist.runner.session import run_session
 from gen3c_dist.runner.video import generate_video
@@ -39,7 +39,7 @@ class SpyModule(nn.Linear):
 def test_swap_moves_a_module_only_for_its_use_when_offloading():
     swap = DeviceSwap(torch.device("cuda"), offload=True)  # no CUDA needed: the spy never really moves
     spy = SpyModule()
-    assert swap.home == torch.device("cpu") and swap.moves
+    assert swap.home == torch.device("cpu") and swap.offload
     with swap.use("moge", spy):
         assert swap.resident == {"moge"}
     assert spy.moves == ["cuda", "cpu"] and swap.resident == set()
@@ -110,7 +110,7 @@ def test_offload_and_overlap_change_no_output_and_nothing_visits_the_gpu_while_d
         return original_generate(*args, on_step=observe, **kwargs)
 
     monkeypatch.setattr(DeviceSwap, "__init__", recording_init)
-    monkeypatch.setattr("gen3c_dist.runner.group_runtime.generate_video", watching_generate)
+    monkeypatch.setattr("gen3c_dist.runner.video.generate_video", watching_generate)
     candidate = tmp_path / "offload_overlap"
     assert run_session(fast_demo(candidate, "runtime.offload=true", "runtime.overlap=true")) == 0
 
@@ -170,11 +170,20 @@ def test_mp4_stream_appears_only_when_finished_and_abort_leaves_nothing(tmp_path
 
 
 def test_overlap_defaults_to_cuda_only():
-    from gen3c_dist.runner.group_runtime import resolve_overlap
+    from gen3c_dist.config import ParallelConfig
+    from gen3c_dist.parallel.distributed import DistEnv
+    from gen3c_dist.parallel.layout import plan_layout
+    from gen3c_dist.runner.replica import resolve_settings
+
+    layout = plan_layout(ParallelConfig(), world_size=1, rank=0, num_heads=4, guidance_runs_both=True)
+
+    def settings(cfg, device: str):
+        return resolve_settings(cfg, DistEnv(0, 1, 0, None, torch.device(device), 1.0, 1.0), layout)
 
     cfg = compose("demo", [])
     assert cfg.runtime.overlap is None
-    assert resolve_overlap(cfg, torch.device("cuda")) is True
-    assert resolve_overlap(cfg, torch.device("cpu")) is False
-    forced = compose("demo", ["runtime.overlap=true"])
-    assert resolve_overlap(forced, torch.device("cpu")) is True
+    assert settings(cfg, "cuda").overlap is True and settings(cfg, "cuda").dtype == torch.bfloat16
+    assert settings(cfg, "cpu").overlap is False and settings(cfg, "cpu").dtype == torch.float32
+    forced = compose("demo", ["runtime.overlap=true", "runtime.dtype=bf16"])
+    assert settings(forced, "cpu").overlap is True and settings(forced, "cpu").dtype == torch.bfloat16
+    assert settings(cfg, "cpu").tokenizer_shared is False  # one process: nobody to share the tokenizer with

@@ -47,7 +47,7 @@ class DepthEstimate:
 
 def _import_moge_v1() -> Any:
     try:
-        from moge.model.v1 import MoGeModel
+        from moge.model.v1 import MoGeModel  # installed separately (--no-deps); the error names how
     except ImportError as err:
         raise ImportError(f"MoGe depth needs the `moge` package; install it with `{_MOGE_INSTALL_HINT}`") from err
     return MoGeModel

@@ -36,7 +36,7 @@ _CV2_INSTALL_HINT = "pip install -e .[depth]"
 def import_cv2() -> Any:
     """Import OpenCV, or fail with the install command (cv2 is an optional dependency)."""
     try:
-        import cv2
+        import cv2  # optional extra [depth]; the error below names the install command
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError(f"reading images needs OpenCV; install it with `{_CV2_INSTALL_HINT}`") from err
     return cv2

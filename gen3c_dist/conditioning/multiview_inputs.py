@@ -49,9 +49,8 @@ from gen3c_dist.conditioning.multiview_folder import CAMERAS_FILE, read_key_fram
 from gen3c_dist.geometry.buffer_selector import FRAME_BUFFER_MAX, KeyFrameCache
 from gen3c_dist.geometry.camera import load_trajectory_file
 from gen3c_dist.geometry.pose_checks import check_intrinsics, check_w2c
+from gen3c_dist.shapes import CHUNK_FRAMES, CHUNK_STRIDE
 
-CHUNK_FRAMES = 121  # frames per generated chunk (the runner's CHUNK_FRAMES); consecutive chunks share one frame
-CHUNK_STRIDE = CHUNK_FRAMES - 1
 KEY_FRAME_KEYS = ("images_key_frames", "depth_key_frames", "mask_key_frames", "K_key_frames", "w2cs_key_frames")
 PATH_KEYS = ("w2cs_all", "Ks_all")  # Ks_all is optional
 IMAGE_RANGE_SLACK = 1e-3  # [-1, 1] up to rounding of a u8 -> float conversion

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional, Union
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from gen3c_dist.errors import InputError
 
@@ -85,7 +87,7 @@ def t5_identity(t5_dir: str) -> str:
 
 def _import_transformers() -> Any:
     try:
-        import transformers
+        import transformers  # optional extra [text]: only a run with T5 needs it (3 s to import)
     except ImportError as err:
         raise ImportError("the T5 text encoder needs transformers; install it with `pip install -e .[text]`") from err
     return transformers
@@ -137,8 +139,6 @@ class EmbeddingCache:
 
     def load(self, identity: str, prompt: str, max_length: int) -> Optional[torch.Tensor]:
         """The cached [1, max_length, D] embedding, or None on a miss or an unusable file."""
-        from safetensors import safe_open
-
         file = self.path(identity, prompt, max_length)
         if not os.path.isfile(file):
             return None
@@ -158,8 +158,6 @@ class EmbeddingCache:
 
     def save(self, identity: str, prompt: str, max_length: int, embedding_1ld: torch.Tensor) -> None:
         """Write to a temporary name in the same folder, then rename: readers never see a partial file."""
-        from safetensors.torch import save_file
-
         os.makedirs(self.cache_dir, exist_ok=True)
         file = self.path(identity, prompt, max_length)
         tmp = f"{file}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
@@ -213,7 +211,7 @@ def encode_prompts(prompt: str, negative_prompt: Optional[str] = DEFAULT_NEGATIV
 
     ``embed_dim`` is the DiT's cross-attention width: the size of the zeros when the encoder is off, and checked
     against T5's d_model otherwise. ``open_encoder`` lends a T5 the caller keeps between calls (the runner keeps
-    one per session, see ``gen3c_dist.runner.text_encoder``); without it a T5 is built for this call and freed.
+    one per session, see ``gen3c_dist.runner.models``); without it a T5 is built for this call and freed.
     """
     if disable_prompt_encoder:
         zeros_1ld = torch.zeros(1, max_length, embed_dim, dtype=torch.float32, device=device)

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from gen3c_dist.errors import InputError
 
@@ -110,8 +111,6 @@ class CheckpointReader:
     def get(self, key: str) -> torch.Tensor:
         if self._torch_state is not None:
             return self._torch_state[key]
-        from safetensors import safe_open
-
         file = self._safetensor_files[key]
         if file not in self._open_files:
             self._open_files[file] = safe_open(str(file), framework="pt", device="cpu")
@@ -127,8 +126,6 @@ def _read_json(file: Path) -> dict:
 
 def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
     """Shapes from the header, also checking that the file is as long as the header says (truncation)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}

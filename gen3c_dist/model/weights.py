@@ -121,7 +121,7 @@ def random_dit(config: ModelConfig, *, seed: int, device: torch.device | str = "
         model = GEN3CDiT(config)
     # Allocated directly on the target device and dtype, filled one float32 tensor at a time: the 7B shape needs
     # its 14.5 GB of bf16 and not a 29 GB float32 copy first (the same values: copy_ rounds like .to(dtype)).
-    model = model.to_empty(device=device).to(dtype=dtype)
+    model = model.to(dtype=dtype).to_empty(device=device)  # the cast on meta is free; to_empty then allocates bf16
     for name, param in model.named_parameters():
         if param.ndim == 2 and "pos_emb" not in name:
             values = torch.randn(param.shape, generator=generator) / param.shape[1] ** 0.5

@@ -33,11 +33,11 @@ def attention_factory(
     if layout.attention in ("native", "ulysses", "ring"):
         return native
     if layout.attention == "deepspeed":
-        from gen3c_dist.parallel.optional_backends import DeepSpeedUlysses
+        from gen3c_dist.parallel.optional_backends import DeepSpeedUlysses  # imports deepspeed (optional)
 
         return DeepSpeedUlysses(layout, counter=counter).bind
     if layout.attention == "transformer_engine":
-        from gen3c_dist.parallel.optional_backends import TransformerEngineContextParallel
+        from gen3c_dist.parallel.optional_backends import TransformerEngineContextParallel  # TE (CUDA extra)
 
         te = TransformerEngineContextParallel(
             layout, num_heads=model_cfg.num_heads, head_dim=model_cfg.head_dim, fallback=native

@@ -223,8 +223,6 @@ def _check_attention(config: ParallelConfig, *, num_heads: int) -> None:
 
 
 def _transformer_engine_usable() -> bool:
-    import torch
-
     return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
 
 

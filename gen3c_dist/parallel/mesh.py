@@ -46,17 +46,17 @@ def _options(backend: str, timeout_s: float):
     return backend, options
 
 
-def build_mesh(layout: ParallelLayout, *, timeout_s: float) -> DeviceMesh:
-    """The [data, cfg, ring, ulysses] device mesh with the flattened ``replica`` and ``cp`` dimensions."""
+def build_mesh(layout: ParallelLayout, *, timeout_s: float) -> tuple[DeviceMesh, dict[str, DeviceMesh]]:
+    """The [data, cfg, ring, ulysses] device mesh, and the flattened ``replica`` and ``cp`` meshes over it."""
     backend = dist.get_backend()
     override = _options(backend, timeout_s)
     device_type = "cuda" if backend == "nccl" else "cpu"
     mesh = init_device_mesh(device_type, layout.mesh_shape, mesh_dim_names=MESH_DIMS,
                             backend_override=None if override is None else {name: override for name in MESH_DIMS})
-    for name in ("replica", "cp"):
-        # _flatten is the private spelling of torch's flattened dims, as torchtitan uses it (no public API yet).
-        mesh[GROUP_DIMS[name]]._flatten(name, backend_override=override)
-    return mesh
+    # _flatten is the private spelling of torch's flattened dims, as torchtitan uses it (no public API yet); the
+    # flattened meshes are kept here, since slicing them back out of the root mesh is deprecated.
+    flat = {name: mesh[GROUP_DIMS[name]]._flatten(name, backend_override=override) for name in ("replica", "cp")}
+    return mesh, flat
 
 
 def attach_process_groups(layout: ParallelLayout, *, timeout_s: float) -> ParallelLayout:
@@ -65,10 +65,12 @@ def attach_process_groups(layout: ParallelLayout, *, timeout_s: float) -> Parall
         return dataclasses.replace(layout, groups=ProcessGroups(None, None, None, None, None))
     if not dist.is_initialized():
         raise ValueError(f"layout for world size {layout.world_size} needs an initialised process group")
-    mesh = build_mesh(layout, timeout_s=timeout_s)
+    mesh, flat = build_mesh(layout, timeout_s=timeout_s)
 
     def group(name: str) -> dist.ProcessGroup | None:
-        return mesh[name].get_group() if len(layout.ranks_along(GROUP_DIMS[name])) > 1 else None
+        if len(layout.ranks_along(GROUP_DIMS[name])) == 1:
+            return None
+        return (flat[name] if name in flat else mesh[name]).get_group()
 
     groups = ProcessGroups(**{name: group(name) for name in GROUP_DIMS}, mesh=mesh)
     return dataclasses.replace(layout, groups=groups)

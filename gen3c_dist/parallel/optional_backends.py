@@ -33,7 +33,7 @@ def _trimmed_local_attention(
 
 def init_deepspeed_comm(backend: str) -> None:
     """Let DeepSpeed adopt the existing torch process group (no-op if it already has)."""
-    import deepspeed
+    import deepspeed  # optional extra [ds]: only parallel.attention=deepspeed imports it
     import deepspeed.comm
     import deepspeed.ops
 
@@ -51,7 +51,7 @@ class DeepSpeedUlysses:
         if layout.groups is None or layout.groups.ulysses is None or layout.ring != 1:
             raise ValueError(f"DeepSpeed Ulysses needs a Ulysses process group and ring 1; got {layout.describe()}")
         init_deepspeed_comm(dist.get_backend())
-        from deepspeed.sequence.layer import DistributedAttention
+        from deepspeed.sequence.layer import DistributedAttention  # optional extra [ds]
 
         self.degree, self.counter = layout.ulysses, counter
         # Batch-first [B, l, H, Dh]: scatter heads (dim 2), gather the sequence (dim 1).
@@ -80,7 +80,7 @@ class TransformerEngineContextParallel:
         head_dim: int,
         fallback: Callable[[TokenShard], AttentionOp],
     ) -> None:
-        import transformer_engine.pytorch as te
+        import transformer_engine.pytorch as te  # CUDA extra [gpu]: only parallel.attention=transformer_engine
 
         groups = layout.groups
         if groups is None or not torch.cuda.is_available():

@@ -26,36 +26,11 @@ from __future__ import annotations
 import dataclasses
 
 from gen3c_dist.config import ModelConfig
+from gen3c_dist.shapes import CHUNK_FRAMES, dit_tokens, latent_thw
 
 TEXT_TOKENS = 512  # T5 tokens per prompt in GEN3C (TextConfig.max_length)
-CHUNK_PIXEL_FRAMES = 121  # one tokenizer chunk; longer videos run one DiT forward shape per chunk
-TEMPORAL_COMPRESSION = 8  # Cosmos CV8x8x8
-SPATIAL_COMPRESSION = 8
-
-
-def latent_thw(height: int, width: int, *, pixel_frames: int = CHUNK_PIXEL_FRAMES) -> tuple[int, int, int]:
-    """Latent grid of one chunk: 121 frames at 704x1280 -> (16, 88, 160)."""
-    if height % (2 * SPATIAL_COMPRESSION) or width % (2 * SPATIAL_COMPRESSION) or height <= 0 or width <= 0:
-        raise ValueError(f"height x width = {height}x{width} must be positive multiples of 16 (tokenizer x8, patch x2)")
-    if pixel_frames < 1 or (pixel_frames - 1) % TEMPORAL_COMPRESSION:
-        raise ValueError(f"pixel_frames={pixel_frames} must be 1 + 8k")
-    return 1 + (pixel_frames - 1) // TEMPORAL_COMPRESSION, height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION
-
-
-def dit_tokens(model_cfg: ModelConfig, latent_THW: tuple[int, int, int]) -> int:
-    """Tokens of one forward: the latent grid cut into ``pt x ps x ps`` patches."""
-    T, H, W = _checked_latent(model_cfg, latent_THW)
-    return (T // model_cfg.patch_temporal) * (H // model_cfg.patch_spatial) * (W // model_cfg.patch_spatial)
-
-
-def _checked_latent(model_cfg: ModelConfig, latent_THW: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(latent_THW) != 3 or any(int(n) <= 0 for n in latent_THW):
-        raise ValueError(f"latent shape {tuple(latent_THW)} must be three positive sizes (T, H, W)")
-    T, H, W = (int(n) for n in latent_THW)
-    pt, ps = model_cfg.patch_temporal, model_cfg.patch_spatial
-    if T % pt or H % ps or W % ps:
-        raise ValueError(f"latent shape {(T, H, W)} is not divisible by the patch size (t {pt}, h/w {ps})")
-    return T, H, W
+# The shape helpers live in gen3c_dist.shapes; re-exported here for the tools that count with them.
+__all__ = ["CHUNK_FRAMES", "DiTFlops", "TEXT_TOKENS", "dit_forward_flops", "dit_tokens", "latent_thw", "step_flops"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -264,7 +264,7 @@ def load_grid(name_or_path: str) -> list[GridSpec]:
     if path.suffix == ".json":
         data = json.loads(text)
     else:
-        import yaml
+        import yaml  # PyYAML, via omegaconf; only a YAML grid file needs it
 
         data = yaml.safe_load(text)
     return specs_from_mapping(data, source=str(path))

@@ -9,7 +9,7 @@ ASSUMPTIONS (no GPU timing was possible here; replace them with the sweep's stag
   the mp4 write. It stays on the lead (``runtime.overlap`` hides part of the write; not modelled).
 * Chunk 0 has one cache buffer, so 1 + 2 x 1 = 3 encodes (5 for later chunks with two buffers).
 
-Placement (:mod:`gen3c_dist.runner.chunk_steps`): ``lead`` runs every encode and the decode on the lead, as the
+Placement (:mod:`gen3c_dist.runner.chunks`): ``lead`` runs every encode and the decode on the lead, as the
 official code does; ``group`` gives each of the replica's ranks whole encodes (the slowest rank does
 ``ceil(encodes / ranks)`` of them) and splits the decode's 16 latent frames across up to 16 ranks.
 """

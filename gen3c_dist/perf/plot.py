@@ -54,7 +54,7 @@ def _label(key: tuple, many_shapes: bool) -> str:
 
 
 def plot_sweep(rows: list[dict], path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # optional extra [bench]: only the sweep draws plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -28,7 +28,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+
+import numpy
+import torch
+
 from gen3c_dist.config import ModelConfig, model_preset
+from gen3c_dist.parallel.comm_counter import expected_bytes_per_step
 from gen3c_dist.perf.flops import dit_forward_flops, dit_tokens, latent_thw
 from gen3c_dist.perf.grid import BASE_OVERRIDES, GridEntry, checked_layout, guidance_runs_both, split_override
 from gen3c_dist.perf.hardware import gpu_spec_for_name, host_info
@@ -131,8 +136,6 @@ def _model_config(entry: GridEntry, parsed: dict) -> ModelConfig:
 
 
 def _formula_bytes(entry: GridEntry, model_cfg: ModelConfig, latent: tuple, both: bool, dtype: Optional[str]) -> Optional[int]:
-    from gen3c_dist.parallel.comm_counter import expected_bytes_per_step
-
     element = ELEMENT_SIZE.get(dtype or "")
     if element is None:
         return None
@@ -214,9 +217,6 @@ def _git_commit() -> Optional[str]:
 
 
 def versions() -> dict:
-    import numpy
-    import torch
-
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
             "cuda": str(torch.version.cuda), "gen3c_dist_commit": _git_commit()}
 
@@ -243,7 +243,7 @@ def write_outputs(out_dir: Path, rows: list[dict], *, grids: list, skipped: list
         "skipped": skipped, "configs": configs,
     }
     paths["json"].write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
-    from gen3c_dist.perf.plot import plot_sweep
+    from gen3c_dist.perf.plot import plot_sweep  # matplotlib is the optional [bench] extra
 
     plot_sweep(rows, paths["png"])
     return paths

@@ -177,7 +177,7 @@ def run(argv: Optional[list[str]] = None) -> int:
 def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--project"]:
-        from gen3c_dist.perf.projection import main as projection_main
+        from gen3c_dist.perf.projection import main as projection_main  # its own CLI, only for --project
 
         projection_main(argv[1:])
         return

@@ -12,12 +12,14 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from gen3c_dist.conditioning.depth_file import load_depth_file
+from gen3c_dist.conditioning.input_image import validate_input_image
 from gen3c_dist.config import InputConfig, RunConfig, TrajectoryConfig
 from gen3c_dist.errors import InputError
-from gen3c_dist.geometry.camera import CAMERA_ROTATIONS, TRAJECTORIES
+from gen3c_dist.geometry.camera import CAMERA_ROTATIONS, TRAJECTORIES, load_trajectory_file
 from gen3c_dist.runner.outputs import resolve_output_stem
+from gen3c_dist.shapes import num_chunks
 
-CHUNK_FRAMES = 121  # the tokenizer's pixel chunk; consecutive chunks share one frame (spec 1.6)
 # The valid names are the geometry module's; this module only words the error in config-key terms.
 TRAJECTORY_TYPES = TRAJECTORIES
 ROTATIONS = tuple(CAMERA_ROTATIONS)
@@ -57,11 +59,7 @@ class RejectedLine:
 
 def check_num_frames(n: int) -> int:
     """Frame counts are 120K + 1; otherwise name the two nearest valid counts (spec 1.6). Returns K."""
-    step = CHUNK_FRAMES - 1
-    if isinstance(n, bool) or not isinstance(n, int) or n < CHUNK_FRAMES or (n - 1) % step:
-        lower = max(1, (int(n) - 1) // step) * step + 1 if isinstance(n, (int, float)) else CHUNK_FRAMES
-        raise InputError(f"input.num_frames={n!r} is not 120K+1; the nearest valid counts are {lower} and {lower + step}")
-    return (n - 1) // step
+    return num_chunks(n)
 
 
 def validate_job(job: VideoJob, *, output_dir: str, checks: list[Callable[[VideoJob], None]]) -> None:
@@ -137,3 +135,50 @@ def batch_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
     if duplicates:
         raise InputError(f"batch.jsonl {path}: output names used more than once: {duplicates}")
     return jobs, rejected
+
+
+# ---- the checks of every job, run on every rank before any model loads ---------------------------------------
+def input_checks() -> list[Callable[[VideoJob], None]]:
+    """Per-job checks that read file headers only (cheap enough for every rank)."""
+
+    def image(job: VideoJob) -> None:
+        validate_input_image(job.input.image)
+
+    def depth(job: VideoJob) -> None:
+        if job.input.depth is not None:
+            load_depth_file(job.input.depth, png_scale=job.input.depth_png_scale)
+
+    def trajectory(job: VideoJob) -> None:
+        if job.trajectory.file is not None:
+            load_trajectory_file(job.trajectory.file, num_frames=job.input.num_frames)
+
+    def size(job: VideoJob) -> None:
+        if job.input.height % 16 or job.input.width % 16 or job.input.height < 16 or job.input.width < 16:
+            raise InputError(f"input.height/width = {job.input.height}x{job.input.width} must be positive multiples "
+                             "of 16 (tokenizer x8, patch x2)")
+
+    return [size, image, depth, trajectory]
+
+
+def collect_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
+    """Validated jobs. A single run raises on a bad input; a batch rejects the bad lines and keeps the rest."""
+    checks = input_checks()
+    if cfg.batch.jsonl is None:
+        job = single_job(cfg)
+        validate_job(job, output_dir=cfg.output.dir, checks=checks)
+        return [job], []
+    parsed, rejected = batch_jobs(cfg)
+    jobs = []
+    for job in parsed:
+        try:
+            validate_job(job, output_dir=cfg.output.dir, checks=checks)
+            jobs.append(job)
+        except InputError as err:
+            rejected.append(RejectedLine(job.index, f"batch line {job.index + 1} ({job.name}): {err}"))
+    return jobs, sorted(rejected, key=lambda r: r.index)
+
+
+def is_complete(job: VideoJob, cfg: RunConfig) -> bool:
+    """The JSON record is written last, so its presence (with the mp4) means the video is complete."""
+    stem = job.stem(cfg.output.dir)
+    return stem.with_suffix(".json").exists() and stem.with_suffix(".mp4").exists()

@@ -2,18 +2,26 @@
 
 A crash therefore never leaves a file with the final name that is only partly written, and "the final name
 exists" is the test for "this output is complete" that batch reruns and resumption rely on.
+
+:class:`VideoOutputs` is the lead's set of files for one video, fed chunk by chunk (on the background writer
+when overlap is on): each chunk's frames go into the streaming mp4 (and its renders into the preview mp4) as
+soon as the chunk is decoded; :meth:`VideoOutputs.finish` closes them, writes the latents, and writes the JSON
+record last, whose presence marks the video complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import imageio
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from gen3c_dist.errors import InputError
 
@@ -53,8 +61,6 @@ class Mp4Stream:
         if frames_THW3.dtype != np.uint8 or frames_THW3.ndim != 4 or frames_THW3.shape[-1] != 3:
             raise ValueError(f"video frames must be uint8 [T, H, W, 3], got {frames_THW3.dtype} {frames_THW3.shape}")
         if self._writer is None:
-            import imageio
-
             height, width = frames_THW3.shape[1:3]
             self._writer = imageio.get_writer(
                 self.tmp, format="mp4", fps=self.fps, quality=5, macro_block_size=1,
@@ -115,3 +121,48 @@ def check_writable_dir(output_dir: str | os.PathLike) -> Path:
     except OSError as err:
         raise InputError(f"output.dir {root} is not writable: {err.strerror or err}") from err
     return root
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    """The lead's results for one chunk (the overlap frame already dropped for chunks after the first)."""
+
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    preview: np.ndarray  # uint8 cache renders [T, H, W * panels, 3]
+    latent: torch.Tensor  # [1, 16, Lt, h, w] float32, CPU
+
+
+class VideoOutputs:
+    def __init__(self, stem: Path, *, fps: int, save_latents: bool, save_buffer: bool) -> None:
+        self.stem = stem
+        self.stem.parent.mkdir(parents=True, exist_ok=True)
+        self.save_latents = save_latents
+        self.video = Mp4Stream(self.stem.with_suffix(".mp4"), fps=fps)
+        self.preview = Mp4Stream(self.stem.with_name(self.stem.name + "_cache.mp4"), fps=fps) if save_buffer else None
+        self.latents: list[torch.Tensor] = []
+
+    def add_chunk(self, chunk: ChunkResult) -> None:
+        self.video.append(chunk.frames)
+        if self.preview is not None:
+            self.preview.append(np.concatenate([chunk.preview, chunk.frames], axis=2))  # renders left of the video
+        self.latents.append(chunk.latent)
+
+    def finish(self, record_fn: Callable[[int], dict]) -> list[Path]:
+        """Close every file; ``record_fn(frames)`` builds the record once everything else is written.
+
+        Returns the paths written, the record last."""
+        written = [self.video.finish()]
+        if self.preview is not None:
+            written.append(self.preview.finish())
+        if self.save_latents:
+            latents = self.stem.with_name(self.stem.name + "_latents.safetensors")
+            write_safetensors(latents, {f"chunk{i}": t for i, t in enumerate(self.latents)})
+            written.append(latents)
+        record = self.stem.with_suffix(".json")
+        write_json(record, record_fn(self.video.frames))
+        return written + [record]
+
+    def abort(self) -> None:
+        self.video.abort()
+        if self.preview is not None:
+            self.preview.abort()

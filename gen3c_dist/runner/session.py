@@ -1,9 +1,10 @@
-"""One invocation of the runner: validate everything, load models, make every assigned video, report.
+"""One invocation of the runner: validate everything, choose the layout, load models, make every video, report.
 
-Order matters for the promises the runner makes: the layout, the inputs, the output folder and the checkpoint
-paths are checked on every rank before any model loads, so a bad input stops every rank with the same message;
-outputs are written by the lead of each data-parallel replica only; a batch line that fails is reported and the
-next one runs.
+Order matters for the promises the runner makes: the inputs, the output folder, the checkpoint paths, the
+layout and the speed options are checked on every rank before any model loads, so a bad input stops every
+rank with the same message; outputs are written by the lead of each data-parallel replica only; a batch line
+that fails is reported and the next one runs; a rank with nothing (left) to make waits at the end, outside
+any collective, and every rank exits with the same status. The JSON record of each video is assembled here.
 """
 
 from __future__ import annotations
@@ -15,13 +16,23 @@ import platform
 import socket
 import sys
 import time
+from pathlib import Path
 
+import numpy
 import torch
 
+import gen3c_dist
 from gen3c_dist.config import RunConfig
-from gen3c_dist.errors import InputError
-from gen3c_dist.runner.jobs import RejectedLine, VideoJob, batch_jobs, single_job, validate_job
-from gen3c_dist.runner.outputs import check_writable_dir, write_json
+from gen3c_dist.model.acceleration import check_speed_options
+from gen3c_dist.parallel.faults import fault_guard
+from gen3c_dist.parallel.rendezvous import exchange_summaries
+from gen3c_dist.runner.jobs import RejectedLine, VideoJob, collect_jobs, is_complete
+from gen3c_dist.runner.models import LoadedModels, load_models, preflight_checkpoints
+from gen3c_dist.runner.outputs import VideoOutputs, check_writable_dir, write_json
+from gen3c_dist.runner.replica import Replica, pending_chunks
+from gen3c_dist.runner.resume import PartialState
+from gen3c_dist.runner.video import VideoRun, run_video
+from gen3c_dist.shapes import dit_tokens, latent_thw
 
 logger = logging.getLogger("gen3c_dist")
 
@@ -29,6 +40,7 @@ TINY_MODEL_WARNING = (
     "this run uses seeded RANDOM weights (checkpoints.random_weights=true): the generated frames are not "
     "meaningful; the cache renders (<name>_cache.mp4) are"
 )
+RECORD_SCHEMA_VERSION = 2  # bump when a field of the JSON record changes meaning or goes away
 
 
 def setup_logging(rank: int) -> None:
@@ -36,74 +48,113 @@ def setup_logging(rank: int) -> None:
     logging.basicConfig(level=level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 
-def resolve_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
-    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16}
-    if cfg.runtime.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if cfg.runtime.dtype not in names:
-        raise InputError(f"runtime.dtype={cfg.runtime.dtype!r} is not one of auto, {', '.join(names)}")
-    return names[cfg.runtime.dtype]
+def run_session(cfg: RunConfig) -> int:
+    """Exit status: 0 when every assigned video was made (or already complete), 1 if any batch line failed."""
+    setup_logging(int(os.environ.get("RANK", "0")))  # before the group exists, so layout errors carry the rank
+    replica = Replica(cfg)
+    setup_logging(replica.rank)
+    try:
+        # An exception on one rank is reported through the store; the others stop with a message naming it.
+        with fault_guard(replica.env):
+            return _run(cfg, replica)
+    finally:
+        replica.close()
 
 
-def input_checks() -> list:
-    """Per-job checks that read file headers only (cheap enough for every rank)."""
-    from gen3c_dist.conditioning.depth_file import load_depth_file
-    from gen3c_dist.conditioning.input_image import validate_input_image
-    from gen3c_dist.geometry.camera import load_trajectory_file
-
-    def image(job: VideoJob) -> None:
-        validate_input_image(job.input.image)
-
-    def depth(job: VideoJob) -> None:
-        if job.input.depth is not None:
-            load_depth_file(job.input.depth, png_scale=job.input.depth_png_scale)
-
-    def trajectory(job: VideoJob) -> None:
-        if job.trajectory.file is not None:
-            load_trajectory_file(job.trajectory.file, num_frames=job.input.num_frames)
-
-    def size(job: VideoJob) -> None:
-        if job.input.height % 16 or job.input.width % 16 or job.input.height < 16 or job.input.width < 16:
-            raise InputError(f"input.height/width = {job.input.height}x{job.input.width} must be positive multiples of 16 (tokenizer x8, patch x2)")
-
-    return [size, image, depth, trajectory]
-
-
-def collect_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
-    """Validated jobs. A single run raises on a bad input; a batch rejects the bad lines and keeps the rest."""
-    checks = input_checks()
-    if cfg.batch.jsonl is None:
-        job = single_job(cfg)
-        validate_job(job, output_dir=cfg.output.dir, checks=checks)
-        return [job], []
-    parsed, rejected = batch_jobs(cfg)
-    jobs = []
-    for job in parsed:
+def _run(cfg: RunConfig, replica: Replica) -> int:
+    jobs, rejected = replica.run_checked(lambda: collect_jobs(cfg))
+    replica.run_checked(lambda: check_writable_dir(cfg.output.dir))
+    replica.run_checked(lambda: preflight_checkpoints(cfg, jobs))
+    for line in rejected:
+        logger.error("skipping %s", line.error)
+    pending = _pending_jobs(cfg, replica, jobs)
+    replica.choose_layout(cfg, pending_chunks(pending))
+    settings = replica.settings
+    replica.run_checked(lambda: check_speed_options(cfg.runtime, device=settings.device, dtype=settings.dtype,
+                                                    head_dim=cfg.model.head_dim, cp_size=replica.layout.cp))
+    if cfg.checkpoints.random_weights and pending and replica.rank == 0:
+        logger.warning(TINY_MODEL_WARNING)  # once per run: every model with an unset path gets random weights
+    # Round-robin over the replicas. A replica with fewer videos (or none) waits at the end, in replica.close(),
+    # outside any collective, for the others to finish.
+    my_jobs = pending[replica.layout.data_index::replica.layout.data]
+    failures, written, totals = list(rejected), [], {}
+    if my_jobs:
+        models = load_models(cfg, my_jobs, layout=replica.layout, settings=settings, counter=replica.counter)
         try:
-            validate_job(job, output_dir=cfg.output.dir, checks=checks)
-            jobs.append(job)
-        except ValueError as err:
-            rejected.append(RejectedLine(job.index, f"batch line {job.index + 1} ({job.name}): {err}"))
-    return jobs, sorted(rejected, key=lambda r: r.index)
+            for job in my_jobs:
+                error = _make_video(cfg, job, replica, models, written, totals)
+                if error is not None:
+                    failures.append(RejectedLine(job.index, f"{job.name}: {error}"))
+            models.writer.drain()  # the last video's files are complete before the batch report and exit
+        finally:
+            models.writer.close()
+    return _report(cfg, replica, jobs, failures, [str(p) for p in written], totals)
 
 
-def is_complete(job: VideoJob, cfg: RunConfig) -> bool:
-    """The JSON record is written last, so its presence (with the mp4) means the video is complete."""
-    stem = job.stem(cfg.output.dir)
-    return stem.with_suffix(".json").exists() and stem.with_suffix(".mp4").exists()
+def _pending_jobs(cfg: RunConfig, replica: Replica, jobs: list[VideoJob]) -> list[VideoJob]:
+    """The jobs still to make. Rank 0 looks at the output folder and tells every rank, so all agree."""
+    if not cfg.output.resume:
+        return list(jobs)
+    done = replica.broadcast_object(
+        replica.run_checked(lambda: [is_complete(job, cfg) for job in jobs] if replica.rank == 0 else None))
+    for job, complete in zip(jobs, done):
+        if complete:
+            logger.info("%s: complete output exists, skipped", job.name)
+    return [job for job, complete in zip(jobs, done) if not complete]
 
 
-RECORD_SCHEMA_VERSION = 2  # bump when a field of the JSON record changes meaning or goes away
+def _make_video(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedModels, written: list,
+                totals: dict) -> str | None:
+    """One video; its files are finished on the background writer. A failed single-process batch line returns
+    its error (every other failure raises: with several ranks, a peer may be inside a collective)."""
+    start, writer = time.perf_counter(), models.writer
+    writer_start = writer.busy_s  # this video's share of the writer's time, inline or in the background
+    outputs = None
+    if replica.is_lead:
+        outputs = VideoOutputs(job.stem(cfg.output.dir), fps=job.input.fps, save_latents=cfg.output.save_latents,
+                               save_buffer=cfg.output.save_buffer)
+    try:
+        run = run_video(cfg, job, replica, models, outputs)
+    except (ValueError, RuntimeError) as err:
+        if outputs is not None:
+            _abort(writer, outputs)
+        if replica.env.world_size > 1 or cfg.batch.jsonl is None:
+            raise
+        logger.error("%s failed: %s", job.name, err)
+        return str(err)
+    if outputs is None:
+        _add_totals(totals, run.timer.seconds)
+        return None
+
+    def finish() -> None:
+        run.timer.seconds["write"] = writer.busy_s - writer_start
+        written.extend(outputs.finish(lambda frames: video_record(cfg, job, replica, models, run, frames,
+                                                                  wall_s=time.perf_counter() - start)))
+        PartialState(outputs.stem, "").remove()
+        _add_totals(totals, run.timer.seconds)
+        logger.info("%s: complete (%.1f s)", job.name, time.perf_counter() - start)
+
+    writer.submit(finish)
+    return None
 
 
+def _abort(writer, outputs: VideoOutputs) -> None:
+    try:
+        writer.drain()
+    except Exception as err:  # the run already failed; the write error is secondary
+        logger.warning("a background write also failed: %s", err)
+    outputs.abort()
+
+
+def _add_totals(totals: dict, seconds: dict) -> None:
+    for stage, value in seconds.items():
+        totals[stage] = round(totals.get(stage, 0.0) + value, 4)
+
+
+# ---- the record ---------------------------------------------------------------------------------------------
 def versions() -> dict[str, str]:
-    import numpy
-
-    import gen3c_dist
-
-    found = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    found["gen3c_dist"] = gen3c_dist.__version__
-    found["cuda"] = str(torch.version.cuda)
+    found = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+             "gen3c_dist": gen3c_dist.__version__, "cuda": str(torch.version.cuda)}
     commit = gen3c_dist.source_commit()
     if commit is not None:
         found["gen3c_dist_commit"] = commit
@@ -112,111 +163,53 @@ def versions() -> dict[str, str]:
 
 def machine(device: torch.device) -> dict:
     """Where the run happened: host, GPU name and count (none on a CPU run)."""
-    info = {"host": socket.gethostname()}
+    info = {"host": socket.gethostname(), "gpu_name": None, "gpu_count": 0}
     if device.type == "cuda":
-        info["gpu_name"] = torch.cuda.get_device_name(device)
-        info["gpu_count"] = torch.cuda.device_count()
-    else:
-        info["gpu_name"], info["gpu_count"] = None, 0
+        info["gpu_name"], info["gpu_count"] = torch.cuda.get_device_name(device), torch.cuda.device_count()
     return info
 
 
-def run_record(cfg: RunConfig, job: VideoJob, *, layout_text: str, device: torch.device, dtype: torch.dtype, wall_s: float) -> dict:
+def video_record(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedModels, run: VideoRun, frames: int,
+                 *, wall_s: float) -> dict:
+    """The JSON record of one video: what was asked, where and how it ran, and how long each stage took."""
+    layout, settings = replica.layout, replica.settings
     return {
         "schema_version": RECORD_SCHEMA_VERSION,
         "name": job.name,
         "seed": job.input.seed,
+        "frames": frames,
         "job": dataclasses.asdict(job),
         "config": dataclasses.asdict(cfg),
         "versions": versions(),
-        "machine": machine(device),
-        "command_line": [os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]],
-        "parallel_layout": layout_text,
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
+        "machine": machine(settings.device),
+        "command_line": [Path(sys.argv[0]).name or "python", *sys.argv[1:]],
+        "device": str(settings.device),
+        "dtype": str(settings.dtype).replace("torch.", ""),
         "random_weights": cfg.checkpoints.random_weights,
         "wall_s": round(wall_s, 3),
+        **run.timer.record(),
+        "tokens": dit_tokens(cfg.model, latent_thw(cfg.input.height, cfg.input.width)),
+        "world_size": replica.env.world_size,
+        "parallel_layout": layout.describe(),
+        "layout": {"data": layout.data, "cfg": layout.cfg, "ulysses": layout.ulysses, "ring": layout.ring,
+                   "cp": layout.cp, "attention": layout.attention, "tokenizer": cfg.parallel.tokenizer,
+                   "overlap": settings.overlap, "mode": cfg.parallel.layout,
+                   "requested": {k: getattr(cfg.parallel, k) for k in ("data", "cfg", "ulysses", "ring")},
+                   "reason": replica.layout_choice.reason, "ranks_per_node": replica.env.local_world_size},
+        "ranks": run.rank_lines,
+        "load_s": {"conditioning_models": round(models.load_s, 4), "dit": round(models.dit.seconds, 4)},
     }
 
 
-def run_session(cfg: RunConfig) -> int:
-    """Exit status: 0 when every assigned video was made (or already complete), 1 if any batch line failed."""
-    from gen3c_dist.runner.group_runtime import start_group
-
-    from gen3c_dist.parallel.faults import fault_guard
-
-    setup_logging(int(os.environ.get("RANK", "0")))  # before the group exists, so layout errors carry the rank
-    group = start_group(cfg)
-    setup_logging(group.rank)
-    try:
-        # An exception on one rank is reported through the store; the others stop within the collective
-        # timeout with a message naming that rank, instead of waiting forever.
-        with fault_guard(group.env):
-            return _run(cfg, group)
-    finally:
-        group.close()
-
-
-def _run(cfg: RunConfig, group) -> int:
-    jobs, rejected = group.run_checked(lambda: collect_jobs(cfg))
-    group.run_checked(lambda: check_writable_dir(cfg.output.dir))
-    from gen3c_dist.runner.models import preflight_checkpoints
-
-    group.run_checked(lambda: preflight_checkpoints(cfg, jobs))
-    for line in rejected:
-        logger.error("skipping %s", line.error)
-    pending = _pending_jobs(cfg, group, jobs)
-    group.choose_layout(cfg, pending)
-    group.check_speed_options(cfg)
-    if cfg.checkpoints.random_weights and pending and group.rank == 0:
-        logger.warning(TINY_MODEL_WARNING)  # once per run: every model with an unset path gets random weights
-    failures = list(rejected)
-    # Round-robin over the replicas. A replica with fewer videos (or none) waits at the end, in group.close(),
-    # outside any collective, for the others to finish.
-    my_jobs = pending[group.layout.data_index::group.layout.data]
-    written: list[str] = []
-    if my_jobs:
-        models = group.load_models(cfg, my_jobs)
-        try:
-            for job in my_jobs:
-                error = group.run_video(cfg, job, models, record_fn=run_record)
-                if error is not None:
-                    failures.append(RejectedLine(job.index, f"{job.name}: {error}"))
-                    if cfg.batch.jsonl is None:
-                        raise RuntimeError(error)
-            models.writer.drain()  # the last video's files are complete before the batch report and exit
-        finally:
-            models.writer.close()
-        written = [str(path) for job in my_jobs for path in group.written.get(job.name, [])]
-    return _report(cfg, group, jobs, failures, written)
-
-
-def _pending_jobs(cfg: RunConfig, group, jobs: list[VideoJob]) -> list[VideoJob]:
-    """The jobs still to make. Rank 0 looks at the output folder and tells every rank, so all agree."""
-    if not cfg.output.resume:
-        return list(jobs)
-    done = group.run_checked(lambda: [is_complete(job, cfg) for job in jobs] if group.rank == 0 else None)
-    if group.env.distributed:
-        import torch.distributed as dist
-
-        shared = [done]
-        dist.broadcast_object_list(shared, src=0)
-        done = shared[0]
-    for job, complete in zip(jobs, done):
-        if complete:
-            logger.info("%s: complete output exists, skipped", job.name)
-    return [job for job, complete in zip(jobs, done) if not complete]
-
-
-def _report(cfg: RunConfig, group, jobs: list[VideoJob], failures: list[RejectedLine], written: list[str]) -> int:
+# ---- the end of the run -------------------------------------------------------------------------------------
+def _report(cfg: RunConfig, replica: Replica, jobs: list[VideoJob], failures: list[RejectedLine],
+            written: list[str], totals: dict) -> int:
     """Every rank hands in what it wrote and failed; rank 0 reports the whole job. The exit status is the same
     on every rank: 1 if any line of the batch failed anywhere, else 0."""
-    from gen3c_dist.parallel.rendezvous import exchange_summaries
-
-    mine = {"written": written, "failures": [dataclasses.asdict(f) for f in failures], "stages_s": group.stage_totals}
-    summaries = exchange_summaries(group.env, mine)
+    mine = {"written": written, "failures": [dataclasses.asdict(f) for f in failures], "stages_s": totals}
+    summaries = exchange_summaries(replica.env, mine)
     all_failures = sorted({(f["index"], f["error"]) for s in summaries for f in s["failures"]})
-    if group.rank == 0:
+    if replica.rank == 0:
         if cfg.batch.jsonl is not None:
             report = {"rejected_or_failed": [{"index": i, "error": e} for i, e in all_failures], "jobs": len(jobs),
                       "time": time.time()}
@@ -232,8 +225,7 @@ def _log_summary(summaries: list[dict]) -> None:
         logger.info("wrote %s", path)
     totals: dict[str, float] = {}
     for summary in summaries:
-        for stage, seconds in summary["stages_s"].items():
-            totals[stage] = totals.get(stage, 0.0) + seconds
+        _add_totals(totals, summary["stages_s"])
     if totals:
         logger.info("stage seconds (summed over ranks): %s",
                     ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(totals.items())))

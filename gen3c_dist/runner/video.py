@@ -1,58 +1,102 @@
-"""The chunk loop for one video: conditioning, denoising on the group, decoding, outputs.
+"""One video on one replica: the chunk loop, each chunk's denoising, and what the lead hands to its outputs.
 
 Chunk k covers frames [120k, 120k + 120]; chunks overlap by one frame and the first frame of every later chunk
 is dropped (spec 1.6). After each chunk the lead hands the chunk's frames to the streaming mp4 writers and, for
-a multi-chunk video, saves what a rerun needs under ``<name>.partial/`` (:mod:`gen3c_dist.runner.partial`); both
+a multi-chunk video, saves what a rerun needs under ``<name>.partial/`` (:mod:`gen3c_dist.runner.resume`); both
 go through the background writer, so the next chunk starts at once. A rerun with the same output name and
 settings resumes from the last complete chunk. Every random draw is seeded by (seed, chunk), so a resumed run
 gives the same result as an uninterrupted one.
+
+Denoising runs on every rank of the replica: the cond and uncond passes one after the other
+(:func:`gen3c_dist.sampling.guidance.serial_guided_fn`) or on the two halves of a cfg-parallel replica.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
-from typing import Callable, Optional, Protocol
+import sys
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from gen3c_dist.config import RunConfig
+from gen3c_dist.conditioning.image_source import ImageCacheSource
+from gen3c_dist.conditioning.video_conditioner import ChunkConditioning, VideoConditioner
+from gen3c_dist.config import RunConfig, SamplerConfig
+from gen3c_dist.parallel.cfg_parallel import cfg_parallel_guided_fn
 from gen3c_dist.runner.background import BackgroundWriter
-from gen3c_dist.runner.conditioning_stage import ChunkConditioning, VideoConditioner
-from gen3c_dist.runner.denoise import GuidedFnBuilder, denoise_chunk
-from gen3c_dist.runner.jobs import VideoJob, check_num_frames
-from gen3c_dist.runner.partial import ChunkResult, PartialState
+from gen3c_dist.runner.chunks import ChunkSteps, chunk_steps
+from gen3c_dist.runner.jobs import VideoJob
+from gen3c_dist.runner.models import LoadedModels
+from gen3c_dist.runner.outputs import ChunkResult, VideoOutputs
+from gen3c_dist.runner.replica import Replica
+from gen3c_dist.runner.resume import PartialState
 from gen3c_dist.runner.timing import StageTimer
-from gen3c_dist.runner.video_outputs import VideoOutputs
-from gen3c_dist.sampling.guidance import ForwardFn
+from gen3c_dist.sampling import edm
+from gen3c_dist.sampling.guidance import BranchInputs, ForwardFn, SharedInputs, serial_guided_fn
+from gen3c_dist.sampling.loop import FrameCondition, GuidedFn, StepObserver, augment_noise, initial_noise, sample
+from gen3c_dist.shapes import num_chunks
 
 logger = logging.getLogger(__name__)
-
-
-class ChunkSteps(Protocol):
-    """How the replica conditions and decodes a chunk; called on every rank of the replica, in the same order."""
-
-    def condition(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkConditioning: ...
-
-    def decode(self, latent_BCTHW: torch.Tensor) -> Optional[np.ndarray]:
-        """uint8 frames [121, H, W, 3] on the lead, None elsewhere."""
+GuidedFnBuilder = Callable[..., GuidedFn]  # (forward_fn, *, cond, uncond, shared, guidance, policy) -> GuidedFn
 
 
 @dataclasses.dataclass
-class GroupRuntime:
-    """How this rank takes part in every video. Single-process runs use trivial callables."""
+class VideoRun:
+    """What one video leaves behind for its record (every rank) and its outputs (the lead)."""
 
-    is_lead: bool
-    forward: Callable[[], ForwardFn]  # the DiT forward, waiting for the background load the first time
-    guided_fn_builder: GuidedFnBuilder
-    share_int: Callable[[Optional[int]], int]  # a small decision of the lead, given to the whole replica
-    device: torch.device
-    dtype: torch.dtype
+    timer: StageTimer
+    rank_lines: list[dict]
 
 
+# ---- one chunk's denoising (spec sections 4.3-4.5) ------------------------------------------------------------
+def branch_inputs(cond: ChunkConditioning) -> tuple[BranchInputs, BranchInputs]:
+    """The uncond pass sees the negative prompt and zeroed warp latents (spec 4.5, fact 1)."""
+    return BranchInputs(cond.text_cond, cond.pose), BranchInputs(cond.text_uncond, torch.zeros_like(cond.pose))
+
+
+def shared_inputs(latent_shape: tuple[int, ...], *, fps: float, dtype: torch.dtype, device: torch.device) -> SharedInputs:
+    B, _, T, H, W = latent_shape
+    input_mask = torch.zeros(B, 1, T, H, W, dtype=dtype, device=device)
+    input_mask[:, :, 0] = 1  # latent frame 0 is the condition frame, in both passes (spec 4.4)
+    padding_mask = torch.zeros(B, 1, H, W, dtype=dtype, device=device)  # all zeros in GEN3C (spec 2.2)
+    return SharedInputs(input_mask, padding_mask, float(fps))
+
+
+def denoise_chunk(forward_fn: ForwardFn, cond: ChunkConditioning, *, guided_fn_builder: GuidedFnBuilder,
+                  sampler: SamplerConfig, seed: int, chunk_index: int, fps: float, dtype: torch.dtype,
+                  device: torch.device, observer: Optional[StepObserver] = None) -> torch.Tensor:
+    """The clean latent [1, 16, T, H, W] of one chunk, identical on every rank of the replica."""
+    shape = tuple(cond.gt_latent.shape)
+    sigmas = edm.karras_sigmas(sampler.steps, sigma_min=sampler.sigma_min, sigma_max=sampler.sigma_max).to(device)
+    x_init = (initial_noise(shape, seed=seed, chunk_index=chunk_index) * edm.init_noise_sigma(sampler.sigma_max)).to(device)
+    condition = FrameCondition(
+        gt_latent_BCTHW=cond.gt_latent,
+        # The official noise is seeded with the run seed and reused for every step and chunk (spec 1.7).
+        augment_noise_BCTHW=augment_noise(shape, seed).to(device=device, dtype=dtype),
+        num_frames=1,
+        augment_sigma=sampler.condition_augment_sigma,
+    )
+    cond_branch, uncond_branch = branch_inputs(cond)
+    guided = guided_fn_builder(forward_fn, cond=cond_branch, uncond=uncond_branch,
+                               shared=shared_inputs(shape, fps=fps, dtype=dtype, device=device),
+                               guidance=sampler.guidance, policy=sampler.guidance_policy)
+    return sample(guided, x_init=x_init, sigmas=sigmas, condition=condition, model_dtype=dtype,
+                  sigma_data=sampler.sigma_data, observer=observer)
+
+
+def guided_fn_builder(replica: Replica) -> GuidedFnBuilder:
+    if replica.layout.cfg == 1:
+        return serial_guided_fn
+    return functools.partial(cfg_parallel_guided_fn, layout=replica.layout, counter=replica.counter)
+
+
+# ---- the chunk loop ---------------------------------------------------------------------------------------------
 def settings_fingerprint(job: VideoJob, cfg: RunConfig) -> str:
     """What must not change between a run and its resumption."""
     relevant = {
@@ -76,62 +120,8 @@ def _resume(job: VideoJob, cfg: RunConfig, conditioner: VideoConditioner, partia
     conditioner.load_state_dict(resumed.state)
     for chunk in resumed.chunks:
         writer.submit(outputs.add_chunk, chunk)
-    logger.info("resuming %s after chunk %d of %d", job.name, len(resumed.chunks), check_num_frames(job.input.num_frames))
+    logger.info("resuming %s after chunk %d of %d", job.name, len(resumed.chunks), num_chunks(job.input.num_frames))
     return len(resumed.chunks), torch.from_numpy(resumed.chunks[-1].frames[-1].copy())
-
-
-def generate_video(
-    job: VideoJob,
-    *,
-    cfg: RunConfig,
-    runtime: GroupRuntime,
-    steps: ChunkSteps,
-    conditioner: Optional[VideoConditioner],
-    outputs: Optional[VideoOutputs],
-    writer: BackgroundWriter,
-    timer: StageTimer,
-    on_step: Optional[Callable[[int, int], None]] = None,
-) -> None:
-    """Make every chunk of ``job``; the lead feeds ``outputs`` (still open at the end), the others pass None."""
-    num_chunks = check_num_frames(job.input.num_frames)
-    partial = last_frame = None
-    start = 0
-    if runtime.is_lead:
-        assert conditioner is not None and outputs is not None
-        partial = PartialState(outputs.stem, settings_fingerprint(job, cfg))
-        start, last_frame = _resume(job, cfg, conditioner, partial, outputs, writer)
-    start = runtime.share_int(start)
-    forward_fn = None
-    for k in range(start, num_chunks):
-        cond = steps.condition(k, last_frame)
-        if forward_fn is None:
-            with timer.stage("load_wait"):  # the DiT load overlapped the first conditioning
-                forward_fn = runtime.forward()
-        timer.start_steps()
-
-        def observe(step: int, record: dict) -> None:
-            timer.step_done()
-            if on_step is not None:
-                on_step(k, step)
-
-        latent = denoise_chunk(
-            forward_fn, cond, guided_fn_builder=runtime.guided_fn_builder, sampler=cfg.sampler, seed=job.input.seed,
-            chunk_index=k, fps=job.input.fps, dtype=runtime.dtype, device=runtime.device, observer=observe,
-        )
-        frames = steps.decode(latent)  # [121, H, W, 3] on the lead
-        if runtime.is_lead:
-            assert frames is not None and conditioner is not None and outputs is not None and partial is not None
-            panels = min(num_chunks, cfg.model.frame_buffer_max)  # the official padding width (spec 1.4 step 6)
-            chunk = ChunkResult(
-                frames=frames if k == 0 else frames[1:],
-                preview=preview_panel(conditioner.last_warps[0], panels=panels, drop_first=k > 0),
-                latent=latent.float().cpu(),
-            )
-            last_frame = torch.from_numpy(frames[-1].copy())
-            writer.submit(outputs.add_chunk, chunk)
-            if k + 1 < num_chunks:  # the cache changes in place with the next chunk: save a copy
-                state = {name: t.clone() for name, t in conditioner.state_dict().items()}
-                writer.submit(partial.save, k, chunk, state)
 
 
 def preview_panel(warps_BTN3HW: torch.Tensor, *, panels: int, drop_first: bool) -> np.ndarray:
@@ -144,3 +134,89 @@ def preview_panel(warps_BTN3HW: torch.Tensor, *, panels: int, drop_first: bool) 
         w_TN3HW = w_TN3HW[1:]  # the overlap frame, dropped from the video too
     as_uint8 = ((w_TN3HW.clamp(-1, 1) * 0.5 + 0.5) * 255).to(torch.uint8)  # official mapping
     return torch.cat(list(as_uint8.permute(1, 0, 3, 4, 2)), dim=2).numpy()  # [T, H, W * panels, 3]
+
+
+def generate_video(job: VideoJob, *, cfg: RunConfig, replica: Replica, models: LoadedModels, steps: ChunkSteps,
+                   conditioner: Optional[VideoConditioner], outputs: Optional[VideoOutputs], timer: StageTimer,
+                   on_step: Optional[Callable[[int, int], None]] = None) -> None:
+    """Make every chunk of ``job``; the lead feeds ``outputs`` (still open at the end), the others pass None."""
+    settings, writer = replica.settings, models.writer
+    chunks = num_chunks(job.input.num_frames)
+    partial = last_frame = None
+    start = 0
+    if replica.is_lead:
+        partial = PartialState(outputs.stem, settings_fingerprint(job, cfg))
+        start, last_frame = _resume(job, cfg, conditioner, partial, outputs, writer)
+    start = replica.share_int(start)
+    forward_fn = None
+    for k in range(start, chunks):
+        cond = steps.condition(k, last_frame)
+        if forward_fn is None:
+            with timer.stage("load_wait"):  # the DiT load overlapped the first conditioning
+                forward_fn = models.dit.result()
+        timer.start_steps()
+
+        def observe(step: int, record: dict) -> None:
+            timer.step_done()
+            if on_step is not None:
+                on_step(k, step)
+
+        latent = denoise_chunk(forward_fn, cond, guided_fn_builder=guided_fn_builder(replica), sampler=cfg.sampler,
+                               seed=job.input.seed, chunk_index=k, fps=job.input.fps, dtype=settings.dtype,
+                               device=settings.device, observer=observe)
+        frames = steps.decode(latent)  # [121, H, W, 3] on the lead
+        if replica.is_lead:
+            panels = min(chunks, cfg.model.frame_buffer_max)  # the official padding width (spec 1.4 step 6)
+            chunk = ChunkResult(frames=frames if k == 0 else frames[1:],
+                                preview=preview_panel(conditioner.last_warps[0], panels=panels, drop_first=k > 0),
+                                latent=latent.float().cpu())
+            last_frame = torch.from_numpy(frames[-1].copy())
+            writer.submit(outputs.add_chunk, chunk)
+            if k + 1 < chunks:  # the cache changes in place with the next chunk: save a copy
+                state = {name: t.clone() for name, t in conditioner.state_dict().items()}
+                writer.submit(partial.save, k, chunk, state)
+
+
+def run_video(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedModels,
+              outputs: Optional[VideoOutputs]) -> VideoRun:
+    """Make one video on this replica (every rank calls it); the lead's ``outputs`` stay open for the writer."""
+    timer = StageTimer()
+    replica.counter.reset()
+    replica.tokenizer_counter.reset()
+    conditioner = None
+    if replica.is_lead:
+        cond_models = models.conditioning
+        source = ImageCacheSource(job.input, job.trajectory, cfg.cache, frame_buffer_max=cfg.model.frame_buffer_max,
+                                  moge=cond_models.moge, placement=cond_models.placement)
+        conditioner = VideoConditioner(source, job.input, models=cond_models, model_cfg=cfg.model, text_cfg=cfg.text,
+                                       t5_dir=cfg.checkpoints.t5_dir, dtype=replica.settings.dtype)
+    steps = chunk_steps(cfg, replica, conditioner=conditioner, models=models.conditioning, timer=timer)
+    progress = _progress_bar(cfg, job, enabled=replica.rank == 0 and cfg.runtime.progress)
+    try:
+        with torch.inference_mode(), _logs_around(progress):
+            generate_video(job, cfg=cfg, replica=replica, models=models, steps=steps, conditioner=conditioner,
+                           outputs=outputs, timer=timer, on_step=lambda chunk, step: progress.update(1) if progress else None)
+    finally:
+        if progress:
+            progress.close()
+    return VideoRun(timer=timer, rank_lines=replica.gather_rank_lines(len(timer.step_seconds)))
+
+
+def _progress_bar(cfg: RunConfig, job: VideoJob, *, enabled: bool):
+    """A tqdm bar on rank 0, only when stderr is a terminal: in a log file, a bar is a wall of carriage returns."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm  # only for a terminal
+
+    chunks = num_chunks(job.input.num_frames)
+    return tqdm(total=chunks * cfg.sampler.steps, desc=f"{job.name}: {chunks} chunk(s) x {cfg.sampler.steps} steps",
+                unit="step")
+
+
+def _logs_around(progress) -> contextlib.AbstractContextManager:
+    """While a bar is drawn, log lines go through tqdm, so they print above the bar instead of through it."""
+    if progress is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm  # only for a terminal
+
+    return logging_redirect_tqdm()

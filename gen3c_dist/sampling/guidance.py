@@ -38,6 +38,11 @@ class SharedInputs:
 ForwardFn = Callable[..., torch.Tensor]  # the GEN3CDiT.forward keyword signature, minus attn_op
 
 
+def runs_both_passes(policy: str, guidance: float) -> bool:
+    """Whether every step runs the cond and the uncond pass: always under the official policy (spec 4.5)."""
+    return policy == OFFICIAL or guidance != 1.0
+
+
 def run_branch(forward_fn: ForwardFn, x_scaled: torch.Tensor, timestep: torch.Tensor, branch: BranchInputs, shared: SharedInputs) -> torch.Tensor:
     return forward_fn(
         x_scaled,

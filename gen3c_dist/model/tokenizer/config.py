@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gen3c_dist.errors import InputError
+from gen3c_dist.shapes import CHUNK_FRAMES
 
 # Official constructor keys that select code paths; only these values are implemented here.
 _FIXED_OFFICIAL_VALUES: dict[str, Any] = {
@@ -117,7 +118,7 @@ def tokenizer_preset(name: str) -> TokenizerNetworkConfig:
 class VideoTokenizerConfig:
     """The GEN3C wrapper around the network (spec sections 5.1-5.2)."""
 
-    pixel_chunk_duration: int = 121
+    pixel_chunk_duration: int = CHUNK_FRAMES
     temporal_compression: int = 8
     spatial_compression: int = 8
     latent_ch: int = 16

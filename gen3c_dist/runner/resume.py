@@ -15,18 +15,10 @@ from typing import Optional
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from gen3c_dist.errors import InputError
-from gen3c_dist.runner.outputs import write_safetensors
-
-
-@dataclasses.dataclass
-class ChunkResult:
-    """The lead's results for one chunk (the overlap frame already dropped for chunks after the first)."""
-
-    frames: np.ndarray  # uint8 [T, H, W, 3]
-    preview: np.ndarray  # uint8 cache renders [T, H, W * panels, 3]
-    latent: torch.Tensor  # [1, 16, Lt, h, w] float32, CPU
+from gen3c_dist.runner.outputs import ChunkResult, write_safetensors
 
 
 @dataclasses.dataclass
@@ -70,7 +62,5 @@ class PartialState:
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}, {k: handle.get_tensor(k) for k in handle.keys()}
