@@ -57,18 +57,59 @@ def check_cameras(w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, *, batch: int)
 class WarpSource:
     """What rendering reads from a cache; enough to warp any range of items without the cache itself.
 
-    Items are the (batch, frame, buffer) triples flattened frame-major: item j is batch j // (F N), frame
-    (j // N) % F, buffer j % N, so a render's output [B, F, N, ...] is the items' results in order.
+    Items are the (batch, frame, buffer) triples of a render flattened frame-major: item j is batch j // (F N),
+    target frame (j // N) % F, buffer j % N, so a render's output [B, F, N, ...] is the items' results in order.
+
+    The point clouds are indexed [B, S, N] by source slot S:
+    * shared (``per_frame=False``, S = 1): every target frame warps the same N buffers (:class:`Cache3D`);
+    * per frame (``per_frame=True``): target frame f warps its own slot ``f - first_frame`` (the 4D cache of a
+      video, where target frame i comes from source frame s + i). A source may hold only the slots of some
+      frames (:meth:`frames`), e.g. the part of a chunk one rank renders.
     """
 
-    images_BN3HW: torch.Tensor
-    points_BNHW3: torch.Tensor
-    masks_BN1HW: Optional[torch.Tensor]  # bool, None: no depth-edge filter
-    boundary_BHW: Optional[torch.Tensor]  # bool, None: no foreground masking
+    images_BSN3HW: torch.Tensor
+    points_BSNHW3: torch.Tensor
+    masks_BSN1HW: Optional[torch.Tensor]  # bool, None: no depth-edge filter
+    boundary_BSHW: Optional[torch.Tensor]  # bool, None: no foreground masking
     images_per_warp: int
+    per_frame: bool = False
+    first_frame: int = 0  # per-frame sources: the target frame held in slot 0
+
+    @property
+    def num_buffers(self) -> int:
+        return self.images_BSN3HW.shape[2]
 
     def num_items(self, num_frames: int) -> int:
-        return self.images_BN3HW.shape[0] * num_frames * self.images_BN3HW.shape[1]
+        return self.images_BSN3HW.shape[0] * num_frames * self.num_buffers
+
+    def frames(self, lo: int, hi: int) -> "WarpSource":
+        """The slots of target frames [lo, hi) only (views); a shared source is returned as it is."""
+        if not self.per_frame:
+            return self
+        slots = self.images_BSN3HW.shape[1]
+        if not self.first_frame <= lo <= hi <= self.first_frame + slots:
+            raise ValueError(f"warp source: frames [{lo}, {hi}) are not all held (it holds frames "
+                             f"[{self.first_frame}, {self.first_frame + slots}))")
+        a, b = lo - self.first_frame, hi - self.first_frame
+        return WarpSource(
+            self.images_BSN3HW[:, a:b], self.points_BSNHW3[:, a:b],
+            None if self.masks_BSN1HW is None else self.masks_BSN1HW[:, a:b],
+            None if self.boundary_BSHW is None else self.boundary_BSHW[:, a:b],
+            self.images_per_warp, per_frame=True, first_frame=lo,
+        )
+
+    def _slots(self, f: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Source slot of each target frame in ``f``; raises if a per-frame source lacks one."""
+        if not self.per_frame:
+            if self.images_BSN3HW.shape[1] != 1:
+                raise ValueError(f"warp source: a shared source has 1 slot, got {self.images_BSN3HW.shape[1]}")
+            return torch.zeros_like(f)
+        slots = self.images_BSN3HW.shape[1]
+        lo, hi = int(f.min()), int(f.max()) + 1
+        if not (self.first_frame <= lo and hi <= self.first_frame + slots and hi <= num_frames):
+            raise ValueError(f"warp source: target frames [{lo}, {hi}) of {num_frames} are not all held "
+                             f"(it holds frames [{self.first_frame}, {self.first_frame + slots}))")
+        return f - self.first_frame
 
     def warp_range(
         self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, start: int, stop: int, *, want_depth: bool = False
@@ -79,14 +120,14 @@ class WarpSource:
         split pair would change the result. Items are warped ``images_per_warp`` at a time from ``start``; the
         warp is per item apart from the pair max, so the batching does not change the values (checked by tests).
         """
-        B, N, _, H, W = self.images_BN3HW.shape
+        B, _, N, _, H, W = self.images_BSN3HW.shape
         num_frames = check_cameras(w2cs_BF44, Ks_BF33, batch=B)
         total = self.num_items(num_frames)
         if start % WARP_PAIR or not 0 <= start <= stop <= total:
             raise ValueError(
                 f"warp range: [{start}, {stop}) must lie in [0, {total}] and start at a multiple of {WARP_PAIR}"
             )
-        device = self.images_BN3HW.device
+        device = self.images_BSN3HW.device
         w2cs_BF44, Ks_BF33 = w2cs_BF44.to(device, torch.float32), Ks_BF33.to(device, torch.float32)
         images = [torch.empty(0, 3, H, W, device=device, dtype=torch.float32)]  # so an empty range has a shape
         masks = [torch.empty(0, 1, H, W, device=device, dtype=torch.float32)]
@@ -94,14 +135,15 @@ class WarpSource:
         for first in range(start, stop, self.images_per_warp):
             j = torch.arange(first, min(first + self.images_per_warp, stop), device=device)
             b, f, n = j // (num_frames * N), (j // N) % num_frames, j % N
+            s = self._slots(f, num_frames)
             result = forward_warp(
-                self.images_BN3HW[b, n],
+                self.images_BSN3HW[b, s, n],
                 target_w2c_B44=w2cs_BF44[b, f],
                 target_K_B33=Ks_BF33[b, f],
-                world_points_BHW3=self.points_BNHW3[b, n],
-                valid_mask_B1HW=None if self.masks_BN1HW is None else self.masks_BN1HW[b, n],
+                world_points_BHW3=self.points_BSNHW3[b, s, n],
+                valid_mask_B1HW=None if self.masks_BSN1HW is None else self.masks_BSN1HW[b, s, n],
                 render_depth=want_depth,
-                boundary_mask_BHW=None if self.boundary_BHW is None else self.boundary_BHW[b],
+                boundary_mask_BHW=None if self.boundary_BSHW is None else self.boundary_BSHW[b, s],
                 zmax_group_size=WARP_PAIR,
             )
             images.append(result.image)
@@ -109,6 +151,20 @@ class WarpSource:
             if want_depth:
                 depths.append(result.depth)
         return torch.cat(images), torch.cat(masks), torch.cat(depths) if want_depth else None
+
+
+def item_frames(item_range: tuple[int, int], *, batch: int, num_frames: int, buffers: int) -> tuple[int, int]:
+    """The target frames [lo, hi) that items [start, stop) of a B x F x N render touch ((0, 0) when empty).
+
+    A range that crosses a batch boundary touches every frame.
+    """
+    start, stop = item_range
+    if stop <= start:
+        return 0, 0
+    per_batch = num_frames * buffers
+    if start // per_batch != (stop - 1) // per_batch:
+        return 0, num_frames
+    return (start // buffers) % num_frames, ((stop - 1) // buffers) % num_frames + 1
 
 
 class Cache3D:
@@ -176,7 +232,20 @@ class Cache3D:
 
     def warp_source(self) -> WarpSource:
         """The tensors rendering reads (views, not copies), e.g. to warp a range of items on another rank."""
-        return WarpSource(self.images, self.points, self.masks, self.boundary, self.images_per_warp)
+        return WarpSource(
+            self.images[:, None], self.points[:, None], None if self.masks is None else self.masks[:, None],
+            None if self.boundary is None else self.boundary[:, None], self.images_per_warp,
+        )
+
+    def chunk_source(self, num_frames: int, start_frame_idx: int = 0) -> WarpSource:
+        """:meth:`warp_source`; the buffers serve every target frame, so there is no frame to start from."""
+        if start_frame_idx != 0:
+            raise ValueError(f"start_frame_idx: a 3D cache has no source frames to slice, got {start_frame_idx}")
+        return self.warp_source()
+
+    def render_noise(self, shape_BFN3HW: tuple[int, ...]) -> torch.Tensor:
+        """The noise a render adds (:meth:`warp_noise`), drawn once per render."""
+        return self.warp_noise(shape_BFN3HW)
 
     def _warp_all(
         self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, *, want_depth: bool
