@@ -30,8 +30,11 @@ EXTRAS = {
     # CUDA machines only, built with --no-build-isolation; every import of these is guarded.
     "gpu": ["transformer-engine[pytorch]>=1.12", "flash-attn>=2.6"],
     "bench": ["matplotlib>=3.8"],
+    # ViPE depth: EXR members of a zip, read as streams by OpenEXR.File (3.5.3 is the release tested).
+    "video": ["OpenEXR>=3.5.3"],
 }
-EXTRAS["test"] = ["pytest>=8"] + EXTRAS["text"] + EXTRAS["depth"] + EXTRAS["ds"] + EXTRAS["bench"]
+EXTRAS["test"] = (["pytest>=8"] + EXTRAS["text"] + EXTRAS["depth"] + EXTRAS["ds"] + EXTRAS["bench"]
+                  + EXTRAS["video"])
 
 setup(
     name="gen3c_dist",
