@@ -41,7 +41,7 @@ setup(
     version="0.1.0",
     description="Context-parallel multi-GPU inference runner for GEN3C (Cosmos-1.0-7B camera-controlled video)",
     packages=find_packages(include=["gen3c_dist", "gen3c_dist.*"]),
-    package_data={"gen3c_dist": ["assets/*"]},
+    package_data={"gen3c_dist": ["assets/*", "assets/demo_video/*"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -5,8 +5,9 @@ the demo needs no depth model, and the 3D-cache renders along the camera path ar
 tiny random DiT's frames are not. ``python -m gen3c_dist.demo_scene`` rewrites the shipped files under
 ``gen3c_dist/assets/``; a test checks that they match a fresh render.
 
-Conventions are GEN3C's: camera at the origin looking down +z, x right, y down, pixel (x, y) on integer
-coordinates with ray ``K^-1 [x, y, 1]``, depth is z-depth.
+Conventions are GEN3C's: the image's camera at the origin looking down +z (:func:`render_view` places other
+cameras, for the demo video), x right, y down, pixel (x, y) on integer coordinates with ray ``K^-1 [x, y, 1]``,
+depth is z-depth.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ def _ray_directions(height: int, width: int, K: np.ndarray) -> np.ndarray:
     return pixels @ np.linalg.inv(K).T  # [H, W, 3], z component 1
 
 
-def _hit_spheres(rays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest sphere hit per ray: distance t (inf if none), unit normal, base colour."""
+def _hit_spheres(
+    origin_3: np.ndarray, rays: np.ndarray, spheres=SPHERES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest sphere hit per ray from ``origin``: ray parameter t (inf if none), unit normal, base colour."""
     t_best = np.full(rays.shape[:2], np.inf)
     normal = np.zeros(rays.shape)
     colour = np.zeros(rays.shape)
-    for centre, radius, rgb in SPHERES:
-        c = np.asarray(centre)
+    for centre, radius, rgb in spheres:
+        c = np.asarray(centre) - origin_3
         b = rays @ c
         a = (rays**2).sum(-1)
         disc = b**2 - a * (c @ c - radius**2)
@@ -55,15 +58,25 @@ def _hit_spheres(rays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t_best, normal, colour
 
 
-def render_demo_scene(height: int = HEIGHT, width: int = WIDTH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (rgb uint8 [H, W, 3], z-depth float32 [H, W], K float32 [3, 3])."""
-    K = demo_intrinsics(height, width)
-    rays = _ray_directions(height, width, K)
-    t_wall = WALL_Z / rays[..., 2]
-    t_floor = np.where(rays[..., 1] > 1e-9, FLOOR_Y / np.maximum(rays[..., 1], 1e-9), np.inf)
-    t_sphere, sphere_normal, sphere_rgb = _hit_spheres(rays)
+def render_view(
+    K: np.ndarray, height: int, width: int, *, cam_to_world: np.ndarray | None = None, spheres=SPHERES
+) -> tuple[np.ndarray, np.ndarray]:
+    """rgb uint8 [H, W, 3] and z-depth float32 [H, W] of the scene seen by a pinhole camera.
+
+    ``cam_to_world`` [4, 4] (rows of its rotation: the camera's right, down and forward axes in the world; default
+    the identity, the single demo image) places the camera; ``spheres`` may move them (the demo video).
+    """
+    rays_cam = _ray_directions(height, width, K)
+    origin = np.zeros(3)
+    rays = rays_cam
+    if cam_to_world is not None:
+        origin = np.asarray(cam_to_world[:3, 3], dtype=np.float64)
+        rays = rays_cam @ np.asarray(cam_to_world[:3, :3], dtype=np.float64).T
+    t_wall = (WALL_Z - origin[2]) / rays[..., 2]
+    t_floor = np.where(rays[..., 1] > 1e-9, (FLOOR_Y - origin[1]) / np.maximum(rays[..., 1], 1e-9), np.inf)
+    t_sphere, sphere_normal, sphere_rgb = _hit_spheres(origin, rays, spheres)
     t = np.minimum(np.minimum(t_wall, t_floor), t_sphere)
-    points = rays * t[..., None]
+    points = origin + rays * t[..., None]
 
     wall_rgb = np.stack([0.55 + 0.25 * (np.sin(points[..., 0] * 6) > 0), 0.6 + 0.2 * np.cos(points[..., 1] * 3), 0.45 + 0.0 * t], -1)
     checker = (np.floor(points[..., 0] * 2.5) + np.floor(points[..., 2] * 2.5)) % 2
@@ -74,7 +87,14 @@ def render_demo_scene(height: int = HEIGHT, width: int = WIDTH) -> tuple[np.ndar
     rgb = rgb * (1.0 / (1.0 + 0.08 * points[..., 2]))[..., None]  # depth cue, so the warps read as 3D
 
     image = np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
-    return image, points[..., 2].astype(np.float32), K.astype(np.float32)
+    return image, (rays_cam[..., 2] * t).astype(np.float32)  # z-depth in the camera
+
+
+def render_demo_scene(height: int = HEIGHT, width: int = WIDTH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (rgb uint8 [H, W, 3], z-depth float32 [H, W], K float32 [3, 3])."""
+    K = demo_intrinsics(height, width)
+    image, depth = render_view(K, height, width)
+    return image, depth, K.astype(np.float32)
 
 
 def write_assets(directory: Path = ASSET_DIR) -> None:
