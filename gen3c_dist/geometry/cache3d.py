@@ -134,6 +134,12 @@ class WarpSource:
         depths = [torch.empty(0, H, W, device=device, dtype=torch.float32)]
         for first in range(start, stop, self.images_per_warp):
             j = torch.arange(first, min(first + self.images_per_warp, stop), device=device)
+            alone = len(j) == 1
+            if alone:
+                # torch folds a batch of one into a plain 2D matmul, whose rounding differs from the batched
+                # one; warping the item twice (a pair with itself: the same z-buffer max) keeps every item's
+                # bits independent of how a range is cut into batches, which the split render relies on.
+                j = j.repeat(2)
             b, f, n = j // (num_frames * N), (j // N) % num_frames, j % N
             s = self._slots(f, num_frames)
             result = forward_warp(
@@ -146,10 +152,11 @@ class WarpSource:
                 boundary_mask_BHW=None if self.boundary_BSHW is None else self.boundary_BSHW[b, s],
                 zmax_group_size=WARP_PAIR,
             )
-            images.append(result.image)
-            masks.append(result.mask)
+            keep = slice(0, 1) if alone else slice(None)
+            images.append(result.image[keep])
+            masks.append(result.mask[keep])
             if want_depth:
-                depths.append(result.depth)
+                depths.append(result.depth[keep])
         return torch.cat(images), torch.cat(masks), torch.cat(depths) if want_depth else None
 
 
