@@ -49,9 +49,9 @@ def check_depth_where_masked(depth_THW: np.ndarray, mask_THW: np.ndarray, *, wha
         y, x = (int(v) for v in np.argwhere(bad[frame])[0])
         label = frame if frame_labels is None else frame_labels[frame]
         raise ValueError(
-            f"{what}: frame {label} has {int(bad[frame].sum())} pixels with zero, negative or non-finite depth "
-            f"where the mask is on (first at x={x}, y={y}: {depth_THW[frame, y, x]!r}); depth must be > 0 there, "
-            "or mask those pixels off"
+            f"{what}: frame {label}: {int(bad[frame].sum())} pixel(s) with zero, negative or non-finite depth "
+            f"where the mask is on (first at x={x}, y={y}: {float(depth_THW[frame, y, x])}); depth must be > 0 "
+            "there, or mask those pixels off"
         )
 
 
