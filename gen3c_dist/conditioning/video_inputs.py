@@ -253,7 +253,8 @@ def source_video_from_arrays(image: torch.Tensor, depth: torch.Tensor, mask: tor
     """The float32 :class:`SourceVideo` of loaded arrays (official shapes: [T,3,H,W], [T,1,H,W] x 2, [T,4,4],
     [T,3,3]), keeping ``frame_indices`` (default all). Cameras of any float dtype are cast to float32 here."""
     index = slice(None) if frame_indices is None else torch.as_tensor(list(frame_indices), dtype=torch.long)
-    return SourceVideo(*(torch.as_tensor(x)[index].to(torch.float32).contiguous() for x in (image, depth, mask, w2c, K)))
+    arrays = (image, depth, mask, w2c, K)
+    return SourceVideo(*(torch.as_tensor(x)[index].to(torch.float32).contiguous() for x in arrays))
 
 
 def load_video_source(spec: VideoSourceSpec) -> SourceVideo:

@@ -158,7 +158,8 @@ def read_exr_depth(archive: zipfile.ZipFile, member: str, *, header_only: bool =
         return height, width
     depth = np.asarray(exr.channels()[EXR_DEPTH_CHANNEL].pixels)
     if depth.shape != (height, width) or depth.dtype not in (np.float16, np.float32):
-        raise ValueError(f"{where}: channel Z must be half or float [{height}, {width}], got {depth.dtype} {list(depth.shape)}")
+        raise ValueError(f"{where}: channel Z must be half or float [{height}, {width}], got {depth.dtype} "
+                         f"{list(depth.shape)}")
     return depth.astype(np.float32)
 
 

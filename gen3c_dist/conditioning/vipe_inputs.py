@@ -119,12 +119,14 @@ def _read_per_frame(path: str, frames: Sequence[int]) -> list[np.ndarray]:
     except (OSError, EOFError) as err:
         raise ValueError(f"{path}: cannot be read as an .npz ({err})") from None
     if inds.ndim != 1 or len(data) != len(inds):
-        raise ValueError(f"{path}: 'inds' {list(inds.shape)} and 'data' {list(data.shape)} must have one entry per index")
+        raise ValueError(f"{path}: 'inds' {list(inds.shape)} and 'data' {list(data.shape)} must have one entry "
+                         "per index")
     items = []
     for frame in frames:
         pos = int(np.searchsorted(inds, frame))
         if pos >= len(inds) or int(inds[pos]) != frame:
-            raise ValueError(f"{path}: has no entry for frame {frame} (its inds run {inds[:1].tolist()}..{inds[-1:].tolist()})")
+            raise ValueError(f"{path}: has no entry for frame {frame} (its inds run {inds[:1].tolist()}.."
+                             f"{inds[-1:].tolist()})")
         items.append(data[pos])
     return items
 
@@ -186,7 +188,8 @@ def _read_masks(clip: VipeClip, frames: Sequence[int], src_hw: tuple[int, int], 
             else:
                 masks.append(np.ones(src_hw, dtype=np.float32))
     if len({m.shape for m in masks}) > 1:
-        raise ValueError(f"{clip.mask_zip}: masks of the frames used differ in size ({sorted({m.shape for m in masks})})")
+        sizes = sorted({m.shape for m in masks})
+        raise ValueError(f"{clip.mask_zip}: masks of the frames used differ in size ({sizes})")
     return np.stack(masks)
 
 
@@ -257,7 +260,8 @@ def check_vipe_source(root_or_mp4: str, *, start_frame: int, num_frames: int, he
         for i, frame in enumerate(unique):  # one frame at a time: the check must stay light on every rank
             depth = read_exr_depth(archive, f"{frame:05d}.exr")
             if depth_hw not in (None, depth.shape):
-                raise ValueError(f"{clip.depth_zip}: {frame:05d}.exr is {list(depth.shape)}, earlier frames {list(depth_hw)}")
+                raise ValueError(f"{clip.depth_zip}: {frame:05d}.exr is {list(depth.shape)}, earlier frames "
+                                 f"{list(depth_hw)}")
             depth_hw = depth.shape
             depth_11HW = _resize_crop(torch.from_numpy(depth)[None, None], resize_hw, crop_hw, "bilinear")
             mask_11HW = _resize_crop(torch.from_numpy(masks[i])[None, None], resize_hw, crop_hw, "nearest")

@@ -143,7 +143,8 @@ def _share_state(source: Optional[WarpSource], w2cs_BF44: Optional[torch.Tensor]
         spec.update(_source_spec(head, head["slots"]))
     sent = None
     if is_src:
-        sent = {"w2cs": w2cs_BF44, "Ks": Ks_BF33, **_source_tensors(source, [k for k in spec if k not in ("w2cs", "Ks")])}
+        state_names = [name for name in spec if name not in ("w2cs", "Ks")]
+        sent = {"w2cs": w2cs_BF44, "Ks": Ks_BF33, **_source_tensors(source, state_names)}
     got = broadcast_tensors(sent, spec, group=group, src=src, device=device, counter=counter, kind="render_state")
     if is_src:
         if head["per_frame"]:

@@ -20,7 +20,8 @@ def run_case(case) -> dict[str, torch.Tensor]:
         foreground_masking=bool(case.inputs["foreground_masking"]),
     )
     if cache.num_frames != int(case.inputs["num_source_frames"]):
-        raise AssertionError(f"cache4d_render: {cache.num_frames} source frames, JSON says {case.inputs['num_source_frames']}")
+        raise AssertionError(f"cache4d_render: {cache.num_frames} source frames, the JSON says "
+                             f"{case.inputs['num_source_frames']}")
     images, masks = cache.render(t["target_w2cs"][None], t["target_intrinsics"][None],
                                  start_frame_idx=int(case.inputs["start_frame_idx"]))
     out = {"rendered_warp_images": images, "rendered_warp_masks": masks, "input_points": cache.points,
