@@ -176,6 +176,9 @@ def test_unreadable_video_and_missing_files(tmp_path: Path) -> None:
     folder = write_directory(tmp_path / "e")
     (folder / "camera.npz").unlink()
     _refused(_spec(folder), "camera.npz: file does not exist")
+    with open(folder / "camera.npz", "wb") as f:
+        np.save(f, small_video()["w2c"])  # a single .npy under the .npz name
+    _refused(_spec(folder), "camera.npz: holds a single .npy array")
 
 
 def test_spec_errors(tmp_path: Path) -> None:

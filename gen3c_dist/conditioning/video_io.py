@@ -94,22 +94,22 @@ def read_npz(path: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise ValueError(f"{path}: file does not exist")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            found = tuple(npz.files)
-            missing = [k for k in keys if k not in found]
-            extra = [k for k in found if k not in keys]
-            if missing or extra:
-                raise ValueError(
-                    f"{path}: must hold exactly the arrays {list(keys)}; "
-                    + "; ".join(part for part in (missing and f"missing {missing}", extra and f"extra {extra}") if part)
-                )
-            return {k: npz[k] for k in keys}
-    except ValueError as err:
-        if str(err).startswith(f"{path}:"):
-            raise
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: cannot be read as an .npz without pickle ({err})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: cannot be read as an .npz ({err})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: holds a single .npy array, not an .npz archive of named arrays")
+    with npz:
+        found = tuple(npz.files)
+        missing = [k for k in keys if k not in found]
+        extra = [k for k in found if k not in keys]
+        if missing or extra:
+            problems = [text for text in (missing and f"missing {missing}", extra and f"extra {extra}") if text]
+            raise ValueError(f"{path}: must hold exactly the arrays {list(keys)}; " + "; ".join(problems))
+        try:
+            return {k: npz[k] for k in keys}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path}: cannot be read as an .npz without pickle ({err})") from None
 
 
 def open_zip(path: str) -> zipfile.ZipFile:
@@ -138,24 +138,21 @@ def _import_openexr():
     return OpenEXR
 
 
-def read_exr_depth(archive: zipfile.ZipFile, member: str, *, header_only: bool = False) -> np.ndarray | tuple[int, int]:
-    """Channel Z of an EXR zip member as float32 [H, W] (half or float); with ``header_only`` just (H, W)."""
+def read_exr_depth(archive: zipfile.ZipFile, member: str) -> np.ndarray:
+    """Channel Z of an EXR zip member as float32 [H, W] (half or float)."""
     OpenEXR = _import_openexr()
     where = f"{archive.filename}: {member}"
+    data = _member_bytes(archive, member)
     try:
-        exr = OpenEXR.File(io.BytesIO(_member_bytes(archive, member)), separate_channels=True, header_only=header_only)
+        exr = OpenEXR.File(io.BytesIO(data), separate_channels=True)
         header = exr.header()
         channel_names = [channel.name for channel in header["channels"]]
     except (OSError, RuntimeError, TypeError, ValueError) as err:
-        if str(err).startswith(f"{archive.filename}:"):
-            raise
         raise ValueError(f"{where}: cannot be read as an EXR image ({err})") from None
     if EXR_DEPTH_CHANNEL not in channel_names:
         raise ValueError(f"{where}: has no depth channel {EXR_DEPTH_CHANNEL!r} (channels: {channel_names})")
     (x0, y0), (x1, y1) = header["dataWindow"]
     height, width = int(y1 - y0 + 1), int(x1 - x0 + 1)
-    if header_only:
-        return height, width
     depth = np.asarray(exr.channels()[EXR_DEPTH_CHANNEL].pixels)
     if depth.shape != (height, width) or depth.dtype not in (np.float16, np.float32):
         raise ValueError(f"{where}: channel Z must be half or float [{height}, {width}], got {depth.dtype} "
@@ -172,14 +169,13 @@ def read_png_mask(archive: zipfile.ZipFile, member: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     where = f"{archive.filename}: {member}"
+    data = _member_bytes(archive, member)
     try:
-        with Image.open(io.BytesIO(_member_bytes(archive, member))) as image:
+        with Image.open(io.BytesIO(data)) as image:
             if image.mode == "P":
                 image = image.convert("RGBA")
             pixels = np.asarray(image)
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        if str(err).startswith(f"{archive.filename}:"):
-            raise
         raise ValueError(f"{where}: cannot be read as a PNG image ({err})") from None
     if pixels.ndim == 3:
         pixels = pixels[..., 2] if pixels.shape[-1] in (3, 4) else pixels[..., 0]
