@@ -221,6 +221,24 @@ def _resolve(spec: VideoSourceSpec) -> str:
     return fmt
 
 
+def _window(spec: VideoSourceSpec) -> tuple[int, ...]:
+    return tuple(range(spec.start_frame, spec.start_frame + spec.num_frames))
+
+
+def _check_loaded(spec: VideoSourceSpec, fmt: str, path: Path, loaded: Sequence[torch.Tensor]) -> VideoSourceInfo:
+    """Every check of a directory or .pt source on what :func:`load_dynamic_inputs` returned."""
+    if fmt == "pt":
+        names, arrays = _pt_arrays(path, loaded)
+    else:
+        names = _directory_names(path)
+        arrays = {"image": _as_numpy(loaded[0]), "depth": _as_numpy(loaded[1])[:, 0],
+                  "mask": _as_numpy(loaded[2])[:, 0], "w2c": _as_numpy(loaded[3]), "intrinsics": _as_numpy(loaded[4])}
+    count, frame_hw = len(arrays["image"]), arrays["image"].shape[2:]
+    _validate_arrays(names, count, frame_hw, arrays["depth"], arrays["mask"], arrays["w2c"], arrays["intrinsics"],
+                     spec)
+    return VideoSourceInfo(fmt, str(path), count, _window(spec))
+
+
 def check_video_source(spec: VideoSourceSpec) -> VideoSourceInfo:
     """Refuse a source the run cannot use, before any model loads; cheap enough for every rank.
 
@@ -229,23 +247,19 @@ def check_video_source(spec: VideoSourceSpec) -> VideoSourceInfo:
     """
     fmt = _resolve(spec)
     path = Path(spec.path)
-    window = tuple(range(spec.start_frame, spec.start_frame + spec.num_frames))
     if fmt == "vipe":
         found = vipe_inputs.check_vipe_source(spec.path, start_frame=spec.start_frame, num_frames=spec.num_frames,
                                               height=spec.height, width=spec.width, read_mask=spec.vipe_read_mask)
         return VideoSourceInfo(fmt, found.clip.mp4, found.source_frames, found.frame_indices)
     if fmt == "pt":
-        names, arrays = _pt_arrays(path, _read_pt(path))
-        count, frame_hw = len(arrays["image"]), arrays["image"].shape[2:]
-    else:
-        if not path.is_dir():
-            raise ValueError(f"video source {path}: the directory format needs a folder")
-        names, arrays = _directory_names(path), _read_directory_arrays(path)
-        info = mp4_info(names["image"])
-        count, frame_hw = info.num_frames, (info.height, info.width)
-    _validate_arrays(names, count, frame_hw, arrays["depth"], arrays["mask"], arrays["w2c"], arrays["intrinsics"],
-                     spec)
-    return VideoSourceInfo(fmt, str(path), count, window)
+        return _check_loaded(spec, fmt, path, _read_pt(path))
+    if not path.is_dir():
+        raise ValueError(f"video source {path}: the directory format needs a folder")
+    names, arrays = _directory_names(path), _read_directory_arrays(path)
+    info = mp4_info(names["image"])
+    _validate_arrays(names, info.num_frames, (info.height, info.width), arrays["depth"], arrays["mask"],
+                     arrays["w2c"], arrays["intrinsics"], spec)
+    return VideoSourceInfo(fmt, str(path), info.num_frames, _window(spec))
 
 
 def source_video_from_arrays(image: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, w2c: torch.Tensor,
@@ -258,15 +272,24 @@ def source_video_from_arrays(image: torch.Tensor, depth: torch.Tensor, mask: tor
 
 
 def load_video_source(spec: VideoSourceSpec) -> SourceVideo:
-    """The checked, float32 :class:`SourceVideo` of ``spec`` (decodes the video; the lead rank calls this)."""
-    info = check_video_source(spec)
-    if info.format == "vipe":
+    """The checked, float32 :class:`SourceVideo` of ``spec`` (decodes the video; the lead rank calls this).
+
+    A directory or .pt is read once and checked on what was read (the decoded frame count, not the header's).
+    """
+    fmt = _resolve(spec)
+    if fmt == "vipe":
+        vipe_inputs.check_vipe_source(spec.path, start_frame=spec.start_frame, num_frames=spec.num_frames,
+                                      height=spec.height, width=spec.width, read_mask=spec.vipe_read_mask)
         arrays = vipe_inputs.load_vipe_arrays(
             spec.path, spec.start_frame, resize_hw=vipe_inputs.vipe_resize_hw(spec.height, spec.width),
             crop_hw=(spec.height, spec.width), num_frames=spec.num_frames, read_mask=spec.vipe_read_mask,
         )
         return source_video_from_arrays(*arrays)
-    arrays = load_dynamic_inputs(spec.path)
-    if len(arrays[0]) != info.source_frames:  # the container's count and the decoded count can disagree
-        raise ValueError(f"{info.path}: decoded {len(arrays[0])} frames, its header says {info.source_frames}")
-    return source_video_from_arrays(*arrays, frame_indices=info.frame_indices)
+    path = Path(spec.path)
+    if fmt == "directory" and not path.is_dir():
+        raise ValueError(f"video source {path}: the directory format needs a folder")
+    if fmt == "pt" and not path.is_file():
+        raise ValueError(f"video source {path}: the .pt format needs a file")
+    loaded = load_dynamic_inputs(path)
+    info = _check_loaded(spec, fmt, path, loaded)
+    return source_video_from_arrays(*loaded, frame_indices=info.frame_indices)
