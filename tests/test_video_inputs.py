@@ -187,3 +187,28 @@ def test_spec_errors(tmp_path: Path) -> None:
     _refused(_spec(folder, vipe_read_mask=True), "vipe_read_mask: applies to ViPE folders only")
     _refused(_spec(folder, start_frame=-1), "start frame: must be an integer >= 0")
     _refused(_spec(folder, num_frames=0), "num_frames: must be a positive integer")
+
+
+def _fixture_videos() -> list[tuple[Path, Path]]:
+    """(case JSON, its mp4) for every shipped loader fixture whose source frames are recorded."""
+    from tests.parity.fixture_case import fixture_root
+
+    pairs = []
+    for kind in ("dynamic_inputs", "vipe_inputs"):
+        for case in sorted((fixture_root() / kind).glob("*.json")):
+            folder = case.with_suffix(".input" if kind == "dynamic_inputs" else ".vipe")
+            mp4s = sorted(folder.glob("rgb.mp4")) + sorted(folder.glob("rgb/*.mp4"))
+            if mp4s:
+                pairs.append((case, mp4s[0]))
+    return pairs
+
+
+@pytest.mark.parametrize("case, mp4", _fixture_videos(), ids=lambda p: p.stem)
+def test_decoded_frames_are_the_fixture_frames_exactly(case: Path, mp4: Path) -> None:
+    """imageio's ffmpeg plugin decodes RGB (not OpenCV's BGR) to exactly the encoded uint8 frames."""
+    from safetensors.torch import load_file
+
+    from gen3c_dist.conditioning.video_io import read_mp4_frames
+
+    want = load_file(str(case.with_suffix(".safetensors")))["source_frames_u8"].to(torch.uint8).numpy()
+    assert np.array_equal(read_mp4_frames(str(mp4)), want)
