@@ -30,15 +30,18 @@ EXTRAS = {
     # CUDA machines only, built with --no-build-isolation; every import of these is guarded.
     "gpu": ["transformer-engine[pytorch]>=1.12", "flash-attn>=2.6"],
     "bench": ["matplotlib>=3.8"],
+    # ViPE depth: EXR members of a zip, read as streams by OpenEXR.File (3.5.3 is the release tested).
+    "video": ["OpenEXR>=3.5.3"],
 }
-EXTRAS["test"] = ["pytest>=8"] + EXTRAS["text"] + EXTRAS["depth"] + EXTRAS["ds"] + EXTRAS["bench"]
+EXTRAS["test"] = (["pytest>=8"] + EXTRAS["text"] + EXTRAS["depth"] + EXTRAS["ds"] + EXTRAS["bench"]
+                  + EXTRAS["video"])
 
 setup(
     name="gen3c_dist",
     version="0.1.0",
     description="Context-parallel multi-GPU inference runner for GEN3C (Cosmos-1.0-7B camera-controlled video)",
     packages=find_packages(include=["gen3c_dist", "gen3c_dist.*"]),
-    package_data={"gen3c_dist": ["assets/*", "assets/demo_multiview/*"]},
+    package_data={"gen3c_dist": ["assets/*", "assets/demo_video/*", "assets/demo_multiview/*"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -5,9 +5,9 @@ the demo needs no depth model, and the 3D-cache renders along the camera path ar
 tiny random DiT's frames are not. ``python -m gen3c_dist.demo_scene`` rewrites the shipped files under
 ``gen3c_dist/assets/``; a test checks that they match a fresh render.
 
-Conventions are GEN3C's: the image demo's camera sits at the origin looking down +z (any other camera is a
-world-to-camera ``w2c``, as the multi-view demo uses), x right, y down, pixel (x, y) on integer coordinates
-with ray ``K^-1 [x, y, 1]``, depth is z-depth.
+Conventions are GEN3C's: the image's camera at the origin looking down +z (:func:`render_view` places other
+cameras, for the demo video), x right, y down, pixel (x, y) on integer coordinates with ray ``K^-1 [x, y, 1]``,
+depth is z-depth.
 """
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ def _ray_directions(height: int, width: int, K: np.ndarray) -> np.ndarray:
     return pixels @ np.linalg.inv(K).T  # [H, W, 3], z component 1
 
 
-def _hit_spheres(rays: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest sphere hit per ray from ``origin``: distance t (inf if none), unit normal, base colour."""
+def _hit_spheres(
+    origin_3: np.ndarray, rays: np.ndarray, spheres=SPHERES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest sphere hit per ray from ``origin``: ray parameter t (inf if none), unit normal, base colour."""
     t_best = np.full(rays.shape[:2], np.inf)
     normal = np.zeros(rays.shape)
     colour = np.zeros(rays.shape)
-    for centre, radius, rgb in SPHERES:
-        c = np.asarray(centre) - origin
+    for centre, radius, rgb in spheres:
+        c = np.asarray(centre) - origin_3
         b = rays @ c
         a = (rays**2).sum(-1)
         disc = b**2 - a * (c @ c - radius**2)
@@ -57,29 +59,23 @@ def _hit_spheres(rays: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.n
     return t_best, normal, colour
 
 
-def _plane_hits(rays: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ray distances t to the wall (z = WALL_Z) and the floor (y = FLOOR_Y), inf where a ray misses."""
+def render_view(
+    K: np.ndarray, height: int, width: int, *, cam_to_world: np.ndarray | None = None, spheres=SPHERES
+) -> tuple[np.ndarray, np.ndarray]:
+    """rgb uint8 [H, W, 3] and z-depth float32 [H, W] of the scene seen by a pinhole camera.
+
+    ``cam_to_world`` [4, 4] (rows of its rotation: the camera's right, down and forward axes in the world; default
+    the identity, the single demo image) places the camera; ``spheres`` may move them (the demo video).
+    """
+    rays_cam = _ray_directions(height, width, K)
+    origin = np.zeros(3)
+    rays = rays_cam
+    if cam_to_world is not None:
+        origin = np.asarray(cam_to_world[:3, 3], dtype=np.float64)
+        rays = rays_cam @ np.asarray(cam_to_world[:3, :3], dtype=np.float64).T
     t_wall = np.where(rays[..., 2] > 1e-9, (WALL_Z - origin[2]) / np.maximum(rays[..., 2], 1e-9), np.inf)
     t_floor = np.where(rays[..., 1] > 1e-9, (FLOOR_Y - origin[1]) / np.maximum(rays[..., 1], 1e-9), np.inf)
-    return t_wall, t_floor
-
-
-def render_demo_scene(height: int = HEIGHT, width: int = WIDTH, *, w2c: np.ndarray | None = None,
-                      K: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (rgb uint8 [H, W, 3], z-depth float32 [H, W], K float32 [3, 3]) seen by camera ``w2c``.
-
-    ``w2c`` (world-to-camera, float64 [4, 4], default the identity) must be rigid; ``K`` defaults to
-    :func:`demo_intrinsics`. Colours depend only on the world point (no view-dependent shading), so every
-    camera sees the same surface colours: renders from several cameras are exact multi-view data.
-    """
-    K = demo_intrinsics(height, width) if K is None else np.asarray(K, dtype=np.float64)
-    rays_cam = _ray_directions(height, width, K)  # [H, W, 3], z component 1
-    w2c = np.eye(4) if w2c is None else np.asarray(w2c, dtype=np.float64)
-    R, t_cam = w2c[:3, :3], w2c[:3, 3]
-    origin = -R.T @ t_cam
-    rays = rays_cam @ R  # world directions R^T d, with the same ray parameter t as in the camera frame
-    t_wall, t_floor = _plane_hits(rays, origin)
-    t_sphere, sphere_normal, sphere_rgb = _hit_spheres(rays, origin)
+    t_sphere, sphere_normal, sphere_rgb = _hit_spheres(origin, rays, spheres)
     t = np.minimum(np.minimum(t_wall, t_floor), t_sphere)
     points = origin + rays * t[..., None]
 
@@ -92,8 +88,25 @@ def render_demo_scene(height: int = HEIGHT, width: int = WIDTH, *, w2c: np.ndarr
     rgb = rgb * (1.0 / (1.0 + 0.08 * points[..., 2]))[..., None]  # depth cue, so the warps read as 3D
 
     image = np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
-    depth = (rays_cam * t[..., None])[..., 2]  # z-depth in the camera (= t, as the camera-frame ray has z = 1)
-    return image, depth.astype(np.float32), K.astype(np.float32)
+    return image, (rays_cam[..., 2] * t).astype(np.float32)  # z-depth in the camera
+
+
+def render_demo_scene(height: int = HEIGHT, width: int = WIDTH, *, w2c: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (rgb uint8 [H, W, 3], z-depth float32 [H, W], K float32 [3, 3]) seen by camera ``w2c``.
+
+    ``w2c`` (world-to-camera, float64 [4, 4], default the identity: the image demo) must be rigid. Colours
+    depend only on the world point (no view-dependent shading), so renders from several cameras are exact
+    multi-view data (the multi-view demo's key frames).
+    """
+    K = demo_intrinsics(height, width)
+    cam_to_world = None
+    if w2c is not None:
+        R, t = np.asarray(w2c, dtype=np.float64)[:3, :3], np.asarray(w2c, dtype=np.float64)[:3, 3]
+        cam_to_world = np.eye(4)
+        cam_to_world[:3, :3], cam_to_world[:3, 3] = R.T, -R.T @ t
+    image, depth = render_view(K, height, width, cam_to_world=cam_to_world)
+    return image, depth, K.astype(np.float32)
 
 
 def write_assets(directory: Path = ASSET_DIR) -> None:

@@ -194,8 +194,17 @@ class KeyFrameCache:
         return min(self.frame_buffer_max, self.num_key_frames)
 
     def warp_source(self) -> WarpSource:
-        """The tensors the all-N render reads (views, not copies), e.g. to warp a range of items on another rank."""
-        return WarpSource(self.images, self.points, self.masks, self.boundary, self.images_per_warp)
+        """The tensors the all-N render reads (views, not copies), e.g. to warp a range of items on another rank.
+
+        One shared slot (every target frame warps all N key frames), each key frame with its own edge mask."""
+        return WarpSource(self.images[:, None], self.points[:, None], self.masks[:, None],
+                          None if self.boundary is None else self.boundary[:, None], self.images_per_warp)
+
+    def chunk_source(self, num_frames: int, start_frame_idx: int = 0) -> WarpSource:
+        """:meth:`warp_source`: the key frames serve every target frame, so there is no frame to start from."""
+        if start_frame_idx != 0:
+            raise ValueError(f"start_frame_idx: key frames have no source frames to slice, got {start_frame_idx}")
+        return self.warp_source()
 
     def render_all(self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every key frame warped to every target: (images [B, F, N, 3, H, W], masks [B, F, N, 1, H, W])."""

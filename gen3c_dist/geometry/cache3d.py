@@ -59,26 +59,67 @@ def check_cameras(w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, *, batch: int)
 class WarpSource:
     """What rendering reads from a cache; enough to warp any range of items without the cache itself.
 
-    Items are the (batch, frame, buffer) triples flattened frame-major: item j is batch j // (F N), frame
-    (j // N) % F, buffer j % N, so a render's output [B, F, N, ...] is the items' results in order.
+    Items are the (batch, frame, buffer) triples of a render flattened frame-major: item j is batch j // (F N),
+    target frame (j // N) % F, buffer j % N, so a render's output [B, F, N, ...] is the items' results in order.
 
-    The foreground-masking edge mask is [B, 1, H, W] when one mask serves every buffer (:class:`Cache3D`: the
-    input frame's edges, spec section 1.6) or [B, N, H, W] with one per buffer (the key-frame cache).
+    The point clouds are indexed [B, S, N] by source slot S:
+    * shared (``per_frame=False``, S = 1): every target frame warps the same N buffers (:class:`Cache3D`);
+    * per frame (``per_frame=True``): target frame f warps its own slot ``f - first_frame`` (the 4D cache of a
+      video, where target frame i comes from source frame s + i). A source may hold only the slots of some
+      frames (:meth:`frames`), e.g. the part of a chunk one rank renders.
+
+    The foreground-masking edge mask is [B, S, K, H, W] with K = 1 when one mask serves every buffer of a slot
+    (:class:`Cache3D`: the input frame's edges, spec section 1.6) or K = N with one per buffer (key frames).
     """
 
-    images_BN3HW: torch.Tensor
-    points_BNHW3: torch.Tensor
-    masks_BN1HW: Optional[torch.Tensor]  # bool, None: every point is splatted
-    boundary_BNHW: Optional[torch.Tensor]  # bool [B, 1 or N, H, W], None: no foreground masking
+    images_BSN3HW: torch.Tensor
+    points_BSNHW3: torch.Tensor
+    masks_BSN1HW: Optional[torch.Tensor]  # bool, None: no depth-edge filter
+    boundary_BSKHW: Optional[torch.Tensor]  # bool [B, S, 1 or N, H, W], None: no foreground masking
     images_per_warp: int
+    per_frame: bool = False
+    first_frame: int = 0  # per-frame sources: the target frame held in slot 0
+
+    @property
+    def num_buffers(self) -> int:
+        return self.images_BSN3HW.shape[2]
 
     @property
     def boundary_buffers(self) -> int:
-        """0 without foreground masking, else the boundary's buffer count (1: shared by every buffer)."""
-        return 0 if self.boundary_BNHW is None else self.boundary_BNHW.shape[1]
+        """0 without foreground masking, else the edge mask's buffer count (1: shared by every buffer)."""
+        return 0 if self.boundary_BSKHW is None else self.boundary_BSKHW.shape[2]
 
     def num_items(self, num_frames: int) -> int:
-        return self.images_BN3HW.shape[0] * num_frames * self.images_BN3HW.shape[1]
+        return self.images_BSN3HW.shape[0] * num_frames * self.num_buffers
+
+    def frames(self, lo: int, hi: int) -> "WarpSource":
+        """The slots of target frames [lo, hi) only (views); a shared source is returned as it is."""
+        if not self.per_frame:
+            return self
+        slots = self.images_BSN3HW.shape[1]
+        if not self.first_frame <= lo <= hi <= self.first_frame + slots:
+            raise ValueError(f"warp source: frames [{lo}, {hi}) are not all held (it holds frames "
+                             f"[{self.first_frame}, {self.first_frame + slots}))")
+        a, b = lo - self.first_frame, hi - self.first_frame
+        return WarpSource(
+            self.images_BSN3HW[:, a:b], self.points_BSNHW3[:, a:b],
+            None if self.masks_BSN1HW is None else self.masks_BSN1HW[:, a:b],
+            None if self.boundary_BSKHW is None else self.boundary_BSKHW[:, a:b],
+            self.images_per_warp, per_frame=True, first_frame=lo,
+        )
+
+    def _slots(self, f: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Source slot of each target frame in ``f``; raises if a per-frame source lacks one."""
+        if not self.per_frame:
+            if self.images_BSN3HW.shape[1] != 1:
+                raise ValueError(f"warp source: a shared source has 1 slot, got {self.images_BSN3HW.shape[1]}")
+            return torch.zeros_like(f)
+        slots = self.images_BSN3HW.shape[1]
+        lo, hi = int(f.min()), int(f.max()) + 1
+        if not (self.first_frame <= lo and hi <= self.first_frame + slots and hi <= num_frames):
+            raise ValueError(f"warp source: target frames [{lo}, {hi}) of {num_frames} are not all held "
+                             f"(it holds frames [{self.first_frame}, {self.first_frame + slots}))")
+        return f - self.first_frame
 
     def warp_range(
         self, w2cs_BF44: torch.Tensor, Ks_BF33: torch.Tensor, start: int, stop: int, *, want_depth: bool = False
@@ -89,37 +130,59 @@ class WarpSource:
         split pair would change the result. Items are warped ``images_per_warp`` at a time from ``start``; the
         warp is per item apart from the pair max, so the batching does not change the values (checked by tests).
         """
-        B, N, _, H, W = self.images_BN3HW.shape
+        B, _, N, _, H, W = self.images_BSN3HW.shape
         num_frames = check_cameras(w2cs_BF44, Ks_BF33, batch=B)
         total = self.num_items(num_frames)
         if start % WARP_PAIR or not 0 <= start <= stop <= total:
             raise ValueError(
                 f"warp range: [{start}, {stop}) must lie in [0, {total}] and start at a multiple of {WARP_PAIR}"
             )
-        device = self.images_BN3HW.device
+        device = self.images_BSN3HW.device
         w2cs_BF44, Ks_BF33 = w2cs_BF44.to(device, torch.float32), Ks_BF33.to(device, torch.float32)
-        boundary_BNHW = None if self.boundary_BNHW is None else self.boundary_BNHW.expand(B, N, H, W)
         images = [torch.empty(0, 3, H, W, device=device, dtype=torch.float32)]  # so an empty range has a shape
         masks = [torch.empty(0, 1, H, W, device=device, dtype=torch.float32)]
         depths = [torch.empty(0, H, W, device=device, dtype=torch.float32)]
         for first in range(start, stop, self.images_per_warp):
             j = torch.arange(first, min(first + self.images_per_warp, stop), device=device)
+            alone = len(j) == 1
+            if alone:
+                # torch folds a batch of one into a plain 2D matmul, whose rounding differs from the batched
+                # one; warping the item twice (a pair with itself: the same z-buffer max) keeps every item's
+                # bits independent of how a range is cut into batches, which the split render relies on.
+                j = j.repeat(2)
             b, f, n = j // (num_frames * N), (j // N) % num_frames, j % N
+            s = self._slots(f, num_frames)
+            k = n if self.boundary_buffers > 1 else torch.zeros_like(n)
             result = forward_warp(
-                self.images_BN3HW[b, n],
+                self.images_BSN3HW[b, s, n],
                 target_w2c_B44=w2cs_BF44[b, f],
                 target_K_B33=Ks_BF33[b, f],
-                world_points_BHW3=self.points_BNHW3[b, n],
-                valid_mask_B1HW=None if self.masks_BN1HW is None else self.masks_BN1HW[b, n],
+                world_points_BHW3=self.points_BSNHW3[b, s, n],
+                valid_mask_B1HW=None if self.masks_BSN1HW is None else self.masks_BSN1HW[b, s, n],
                 render_depth=want_depth,
-                boundary_mask_BHW=None if boundary_BNHW is None else boundary_BNHW[b, n],
+                boundary_mask_BHW=None if self.boundary_BSKHW is None else self.boundary_BSKHW[b, s, k],
                 zmax_group_size=WARP_PAIR,
             )
-            images.append(result.image)
-            masks.append(result.mask)
+            keep = slice(0, 1) if alone else slice(None)
+            images.append(result.image[keep])
+            masks.append(result.mask[keep])
             if want_depth:
-                depths.append(result.depth)
+                depths.append(result.depth[keep])
         return torch.cat(images), torch.cat(masks), torch.cat(depths) if want_depth else None
+
+
+def item_frames(item_range: tuple[int, int], *, batch: int, num_frames: int, buffers: int) -> tuple[int, int]:
+    """The target frames [lo, hi) that items [start, stop) of a B x F x N render touch ((0, 0) when empty).
+
+    A range that crosses a batch boundary touches every frame.
+    """
+    start, stop = item_range
+    if stop <= start:
+        return 0, 0
+    per_batch = num_frames * buffers
+    if start // per_batch != (stop - 1) // per_batch:
+        return 0, num_frames
+    return (start // buffers) % num_frames, ((stop - 1) // buffers) % num_frames + 1
 
 
 class Cache3D:
@@ -187,8 +250,16 @@ class Cache3D:
 
     def warp_source(self) -> WarpSource:
         """The tensors rendering reads (views, not copies), e.g. to warp a range of items on another rank."""
-        boundary_B1HW = None if self.boundary is None else self.boundary[:, None]
-        return WarpSource(self.images, self.points, self.masks, boundary_B1HW, self.images_per_warp)
+        return WarpSource(
+            self.images[:, None], self.points[:, None], None if self.masks is None else self.masks[:, None],
+            None if self.boundary is None else self.boundary[:, None, None], self.images_per_warp,
+        )
+
+    def chunk_source(self, num_frames: int, start_frame_idx: int = 0) -> WarpSource:
+        """:meth:`warp_source`; the buffers serve every target frame, so there is no frame to start from."""
+        if start_frame_idx != 0:
+            raise ValueError(f"start_frame_idx: a 3D cache has no source frames to slice, got {start_frame_idx}")
+        return self.warp_source()
 
     @property
     def output_buffers(self) -> int:
@@ -199,7 +270,7 @@ class Cache3D:
         """What turns the raw warps of a ``num_frames`` render into :meth:`render`'s output: adding the noise.
 
         The noise is drawn here, at once, so a distributed render can draw it while other ranks' warps arrive;
-        the generator advances exactly as in :meth:`render`.
+        the generator advances exactly as in :meth:`render`, and the sum is the serial render's own expression.
         """
         B, N, _, H, W = self.images.shape
         noise_BFN3HW = self.warp_noise((B, num_frames, N, 3, H, W))

@@ -96,6 +96,23 @@ def _check_trajectory_args(
         raise InputError(f"center_depth: must be finite and > 0, got {center_depth!r}")
 
 
+def trajectory_matrices(
+    name: str, *, camera_rotation: str, num_frames: int, movement_distance: float, center_depth: float,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The offsets L_i [N, 4, 4] (float32) of a built-in trajectory: look_at(p_i, target_i), relative to the start.
+
+    target_i = (0, 0, c) + k*p_i, k = 0 / 1 / 2 for center_facing / no_rotation / trajectory_aligned (spec 7.7).
+    ``num_frames`` is the total video length (all autoregressive chunks), as in the official script.
+    """
+    _check_trajectory_args(name, camera_rotation, num_frames, float(movement_distance), float(center_depth))
+    pos_N3 = trajectory_offsets(
+        name, num_frames=num_frames, movement_distance=float(movement_distance), center_depth=float(center_depth)
+    ).to(device)
+    centre_3 = torch.tensor([0.0, 0.0, float(center_depth)], dtype=torch.float32, device=device)
+    return look_at_w2c(pos_N3, centre_3 + pos_N3 * CAMERA_ROTATIONS[camera_rotation])
+
+
 def generate_trajectory(
     name: str,
     *,
@@ -106,28 +123,53 @@ def generate_trajectory(
     initial_w2c_44: torch.Tensor,
     initial_K_33: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A built-in GEN3C camera path: (w2cs [N, 4, 4], Ks [N, 3, 3]), both float32.
+    """A built-in GEN3C camera path from one start camera: (w2cs [N, 4, 4], Ks [N, 3, 3]), both float32.
 
-    ``w2cs[i] = look_at(p_i, target_i) @ initial_w2c`` with target_i = (0, 0, c) + k*p_i, k = 0 / 1 / 2 for
-    center_facing / no_rotation / trajectory_aligned; ``Ks`` is ``initial_K`` repeated (spec section 7.7).
-    ``num_frames`` is the total video length (all autoregressive chunks), as in the official script.
+    ``w2cs[i] = L_i @ initial_w2c`` (:func:`trajectory_matrices`); ``Ks`` is ``initial_K`` repeated (spec 7.7).
     """
-    _check_trajectory_args(name, camera_rotation, num_frames, float(movement_distance), float(center_depth))
     if initial_w2c_44.shape != (4, 4) or initial_K_33.shape != (3, 3):
         raise InputError(
             f"initial_w2c/initial_K: expected shapes (4, 4) and (3, 3), got {tuple(initial_w2c_44.shape)} "
             f"and {tuple(initial_K_33.shape)}"
         )
-    device = initial_w2c_44.device
-    pos_N3 = trajectory_offsets(
-        name, num_frames=num_frames, movement_distance=float(movement_distance), center_depth=float(center_depth)
-    ).to(device)
-    centre_3 = torch.tensor([0.0, 0.0, float(center_depth)], dtype=torch.float32, device=device)
-    target_N3 = centre_3 + pos_N3 * CAMERA_ROTATIONS[camera_rotation]
-    offsets_N44 = look_at_w2c(pos_N3, target_N3)
+    offsets_N44 = trajectory_matrices(
+        name, camera_rotation=camera_rotation, num_frames=num_frames, movement_distance=movement_distance,
+        center_depth=center_depth, device=initial_w2c_44.device,
+    )
     w2cs_N44 = torch.matmul(offsets_N44, initial_w2c_44.to(torch.float32).expand(num_frames, 4, 4))
     Ks_N33 = initial_K_33.to(torch.float32).expand(num_frames, 3, 3).clone()
     return w2cs_N44, Ks_N33
+
+
+def generate_video_trajectory(
+    name: str,
+    *,
+    camera_rotation: str,
+    movement_distance: float,
+    center_depth: float,
+    source_w2c_N44: torch.Tensor,
+    source_K_N33: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A built-in camera path re-shooting a video: ``w2cs[i] = L_i @ source_w2c[i]`` (spec section 8.1).
+
+    Each offset is composed onto its own frame's source camera, so the new path follows the source camera's
+    motion. N is the number of source frames, which is the whole output length (the official script needs
+    ``#frames == num_video_frames``). Ks are the source's per-frame intrinsics themselves, not repeated. Both
+    come back float32, whatever the source's dtype (the official code keeps a float64 source and then fails in
+    the cache; we cast).
+    """
+    if source_w2c_N44.dim() != 3 or source_w2c_N44.shape[1:] != (4, 4):
+        raise ValueError(f"source_w2c: expected shape [N, 4, 4], got {list(source_w2c_N44.shape)}")
+    num_frames = source_w2c_N44.shape[0]
+    if tuple(source_K_N33.shape) != (num_frames, 3, 3):
+        raise ValueError(f"source_K: expected shape [{num_frames}, 3, 3] to match source_w2c, "
+                         f"got {list(source_K_N33.shape)}")
+    offsets_N44 = trajectory_matrices(
+        name, camera_rotation=camera_rotation, num_frames=num_frames, movement_distance=movement_distance,
+        center_depth=center_depth, device=source_w2c_N44.device,
+    )
+    w2cs_N44 = torch.matmul(offsets_N44, source_w2c_N44.to(torch.float32))
+    return w2cs_N44, source_K_N33.to(torch.float32).clone()
 
 
 def _read_trajectory_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -162,17 +204,29 @@ def _validate_trajectory(path: Path, w2c: np.ndarray, K: np.ndarray, num_frames:
     check_intrinsics(K, what=f"trajectory file {path}: 'intrinsics'")
 
 
-def load_trajectory_file(path: str | Path, *, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_trajectory_file(
+    path: str | Path, *, num_frames: int, default_intrinsics_N33: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a user camera path: (w2cs [N, 4, 4], Ks [N, 3, 3]) float32 from a .json or .npz file.
 
     The file holds ``w2c`` [N, 4, 4] world-to-camera matrices and ``intrinsics`` in pixels, either [N, 3, 3] or
     one [3, 3] shared by every frame. N must equal ``num_frames``. Any problem raises one ValueError that names
     the file.
+
+    The poses are absolute, in the world of the input's cameras: for a video source that is the source video's
+    world, so a file re-shoots the video along any path (the built-in trajectories are offsets instead,
+    :func:`generate_video_trajectory`). ``default_intrinsics_N33`` (a video's per-frame K) is used when the file
+    has no ``intrinsics``; without it the key is required.
     """
     path = Path(path)
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise InputError(f"num_frames: must be a positive integer, got {num_frames!r}")
     arrays = _read_trajectory_arrays(path)
+    if "intrinsics" not in arrays and default_intrinsics_N33 is not None:
+        if tuple(default_intrinsics_N33.shape) != (num_frames, 3, 3):
+            raise ValueError(f"default intrinsics: expected shape [{num_frames}, 3, 3], "
+                             f"got {list(default_intrinsics_N33.shape)}")
+        arrays["intrinsics"] = default_intrinsics_N33.detach().cpu().to(torch.float64).numpy()
     for key in ("w2c", "intrinsics"):
         if key not in arrays:
             raise InputError(f"trajectory file {path}: missing key '{key}'")
