@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from gen3c_dist.config_checks import check_fields, check_run_config
 from gen3c_dist.errors import InputError
 
 LATENT_CHANNELS = 16
@@ -161,6 +162,7 @@ class ModelConfig:
     frame_buffer_max: int = 2
 
     def __post_init__(self) -> None:
+        check_fields("model", self)  # sizes first: the checks below divide by them
         expected_in = LATENT_CHANNELS + 1 + 2 * LATENT_CHANNELS * self.frame_buffer_max
         if self.in_channels != expected_in:
             raise InputError(
@@ -378,6 +380,9 @@ class RunConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        check_run_config(self)  # every number's type, range and finiteness, at composition (config_checks.py)
 
 
 def register_configs() -> None:

@@ -90,6 +90,10 @@ def check_overrides(argv: list[str]) -> str | None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from gen3c_dist.config import register_configs
+
+    register_configs()
+    _register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -110,10 +114,6 @@ def main() -> None:
 
         print_help()
         return
-    from gen3c_dist.config import register_configs
-
-    register_configs()
-    _register_resolvers()
     problem = check_overrides(sys.argv[1:])
     if problem is not None:
         print(f"gen3c_dist: invalid configuration: {problem}", file=sys.stderr)
@@ -121,6 +121,10 @@ def main() -> None:
     import hydra
     from torch.distributed.elastic.multiprocessing.errors import record
 
+    from gen3c_dist.config import register_configs
+
+    register_configs()
+    _register_resolvers()
     # record() writes an uncaught exception (a bug, not a bad input) to torchrun's error file, which the
     # launcher prints naming the failing rank, then re-raises it; Hydra prints its traceback and exits 1.
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="gen3c_7b")

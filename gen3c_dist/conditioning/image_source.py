@@ -13,6 +13,7 @@ with their own caches; the conditioner and the runner do not know which one they
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Optional
 
 import torch
@@ -21,11 +22,42 @@ from gen3c_dist.conditioning.depth import DepthEstimate, estimate_frame_depth, e
 from gen3c_dist.conditioning.depth_file import depth_from_file
 from gen3c_dist.conditioning.encode import normalise_and_resize
 from gen3c_dist.conditioning.image_io import read_condition_image
+from gen3c_dist.conditioning.input_image import read_image_size
 from gen3c_dist.config import CacheConfig, GeneratedFrameDepth, InputConfig, TrajectoryConfig
 from gen3c_dist.errors import InputError
 from gen3c_dist.geometry.cache3d import Cache3D
 from gen3c_dist.geometry.camera import generate_trajectory, load_trajectory_file
 from gen3c_dist.shapes import CHUNK_STRIDE, chunk_frames
+
+logger = logging.getLogger(__name__)
+
+
+ASPECT_DISTORTION_WARN = 2.0  # the image is squashed anisotropically to H x W (spec 7.1); past 2x it shows
+DEPTH_QUANTILE = 0.95
+
+
+def warn_about_framing(inputs: InputConfig, trajectory: TrajectoryConfig, estimate: DepthEstimate) -> None:
+    """Warn (once per video, on the lead) about a strongly distorted aspect ratio and a camera path that leaves
+    the scene. Both may be intended, so neither is refused."""
+    height, width = read_image_size(inputs.image)
+    distortion = (width / height) / (inputs.width / inputs.height)
+    if max(distortion, 1 / distortion) > ASPECT_DISTORTION_WARN:
+        logger.warning("input.image %s is %dx%d (aspect %.3g) and is resized to %dx%d (aspect %.3g): it will look "
+                       "stretched by %.3gx; crop it to the output's aspect ratio first to avoid that", inputs.image,
+                       width, height, width / height, inputs.width, inputs.height, inputs.width / inputs.height,
+                       max(distortion, 1 / distortion))
+    if trajectory.file is not None:
+        return
+    depth = estimate.depth[estimate.depth > 0]
+    if depth.numel() == 0:
+        return
+    # The largest camera offset of the built-in paths is distance x center_depth (spec 7.7).
+    travel = trajectory.distance * trajectory.center_depth
+    far = float(torch.quantile(depth.float().flatten()[:1_000_000], DEPTH_QUANTILE))
+    if travel > far:
+        logger.warning("trajectory.distance=%g moves the camera %.3g scene units, beyond the scene's depth range "
+                       "(%d%% of its depth lies within %.3g): the camera leaves the scene and most frames will be "
+                       "empty", trajectory.distance, travel, int(DEPTH_QUANTILE * 100), far)
 
 
 class ImageCacheSource:
@@ -63,6 +95,7 @@ class ImageCacheSource:
             foreground_masking=self.cache_cfg.foreground_masking,
             noise_aug_strength=self.cache_cfg.noise_aug_strength,
         )
+        warn_about_framing(self.inputs, self.trajectory, estimate)
         traj, n = self.trajectory, self.inputs.num_frames
         if traj.file is not None:
             self.w2cs_N44, self.Ks_N33 = load_trajectory_file(traj.file, num_frames=n)

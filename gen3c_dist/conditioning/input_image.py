@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from gen3c_dist.errors import InputError
 
@@ -92,3 +93,10 @@ def validate_input_image(path: str | os.PathLike[str]) -> None:
     every rank before any model loads.
     """
     read_rgb_image(path)
+
+
+def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) of an image, from its header (Pillow opens it lazily, without decoding the pixels)."""
+    with Image.open(os.fspath(path)) as image:
+        width, height = image.size
+    return height, width

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gen3c_dist.conditioning.depth_file import load_depth_file
+from gen3c_dist.config_checks import check_fields
 from gen3c_dist.conditioning.input_image import validate_input_image
 from gen3c_dist.config import InputConfig, RunConfig, TrajectoryConfig
 from gen3c_dist.errors import InputError
@@ -104,12 +105,16 @@ def parse_batch_line(index: int, line: str, cfg: RunConfig) -> VideoJob:
             wanted = " or ".join(t.__name__ for t in types)
             raise InputError(f"batch line {index + 1}: '{key}' must be {wanted}, got {type(value).__name__} {value!r}")
         sections[section][field] = value
-    return VideoJob(
+    job = VideoJob(
         index=index,
         name=sections["output"].get("name", str(index)),  # the official batch naming is the line index
         input=dataclasses.replace(cfg.input, **sections["input"]),
         trajectory=dataclasses.replace(cfg.trajectory, **sections["trajectory"]),
     )
+    # The same rules as the config's own fields, with the line named (JSON allows NaN and Infinity).
+    check_fields("input", job.input, where=f"batch line {index + 1}")
+    check_fields("trajectory", job.trajectory, where=f"batch line {index + 1}")
+    return job
 
 
 def batch_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
@@ -119,9 +124,13 @@ def batch_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
         raise InputError(f"batch.shard_index={batch.shard_index} must be in [0, batch.num_shards={batch.num_shards})")
     path = Path(batch.jsonl)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise InputError(f"batch.jsonl {path}: is not UTF-8 text ({err.reason} at byte {err.start})") from err
     except OSError as err:
         raise InputError(f"batch.jsonl {path}: cannot be read ({err.strerror or err})") from err
+    if not any(line.strip() for line in lines):
+        raise InputError(f"batch.jsonl {path}: has no lines; give one JSON object per line (see README, 'Running')")
     jobs, rejected = [], []
     for index, line in enumerate(lines):
         if not line.strip() or index % batch.num_shards != batch.shard_index:
