@@ -30,12 +30,8 @@ from gen3c_dist.conditioning.depth import (  # noqa: E402
     resolve_moge_path,
 )
 
-# Ruicheng/moge-vitl's config with the small DINOv2 backbone (31.6 M parameters, random weights).
-TINY_MOGE_CONFIG = dict(
-    encoder="dinov2_vits14", intermediate_layers=4, dim_proj=512, dim_upsample=[256, 128, 128],
-    dim_times_res_block_hidden=2, num_res_blocks=2, remap_output="exp", res_block_norm="group_norm",
-    num_tokens_range=[1200, 2500], last_res_blocks=0, last_conv_channels=32, last_conv_size=1,
-)
+from gen3c_dist.runner.models import TINY_MOGE_CONFIG  # noqa: E402  (moge-vitl's config, the ViT-S backbone)
+
 NUM_TOKENS = 64  # MoGe resizes every input to ~num_tokens * 14^2 pixels: keep the backbone cheap
 
 

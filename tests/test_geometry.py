@@ -286,7 +286,13 @@ def test_nonrigid_alignment_runs_under_inference_mode() -> None:
         moge = 1.0 / (0.7 / true + 0.05) * (1 + 0.02 * torch.linspace(-1, 1, W))
         out = align_depth(moge, true, true > 0, K_33=_K(), w2c_44=torch.eye(4), cfg=AlignmentConfig(num_iters=5))
     assert out.final.shape == (H, W) and bool(torch.isfinite(out.final).all())
-    assert not torch.equal(out.final, out.rigid)  # Adam moved the scale map
+    seen = true > 0
+    rigid_err = float(((out.rigid - true).abs() / true)[seen].mean())
+    final_err = float(((out.final - true).abs() / true)[seen].mean())
+    # Measured: 0.0209 -> 0.0185 (ratio 0.88). Adam moves the scale map by about lr = 1e-3 per step, so 5 steps
+    # change the depth by at most ~0.5%; demand a 5% better fit and no more than 0.6% change anywhere.
+    assert final_err < 0.95 * rigid_err
+    assert float(((out.final - out.rigid).abs() / out.rigid)[seen].max()) < 0.006
 
 
 # ---------------------------------------------------------------- the cache
@@ -331,7 +337,9 @@ def test_cache_update_with_alignment_under_inference_mode() -> None:
     seen = report.render_mask
     assert int(seen.sum()) > H * W // 2
     rel_err = (report.rigid_depth[seen] - report.render_depth[seen]).abs() / report.render_depth[seen]
-    assert float(rel_err.median()) < 0.05
+    # The rigid stage inverts the affine inverse-depth distortion up to the splatting's blur of the rendered
+    # depth: measured median 0.0047 and 90th percentile 0.0073 of relative error; bounds at about twice those.
+    assert float(rel_err.median()) < 0.01 and float(rel_err.quantile(0.9)) < 0.015
 
 
 def test_cache_noise_is_per_buffer_and_consumes_rng_at_zero_strength() -> None:

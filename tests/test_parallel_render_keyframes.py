@@ -31,12 +31,7 @@ CASES = {  # name -> (fixture case, filter threshold, foreground masking, key fr
 FRAMES = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # the gloo ranks run one thread each (conftest.py)
 
 
 def _scene(name: str) -> tuple[KeyFrameCache, torch.Tensor, torch.Tensor]:

@@ -26,12 +26,7 @@ T, H, W = 11, 24, 32
 CASES = {"fg": (0.05, True, 2, 7), "plain": (1.0, False, 0, 11), "late": (0.05, False, 8, 3)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # the gloo ranks run one thread each (conftest.py)
 
 
 @functools.lru_cache(maxsize=None)
