@@ -182,23 +182,18 @@ class Group:
 
     def check_speed_options(self, cfg: RunConfig) -> None:
         """Refused speed options (CUDA graphs with CP, compile on the CPU, ...) stop every rank before loading."""
-        from gen3c_dist.model.acceleration import check_speed_options
+        from gen3c_dist.parallel.parallelize import check_speed_options
 
         device, dtype = self.device_and_dtype(cfg)
         self.run_checked(lambda: check_speed_options(cfg.runtime, device=device, dtype=dtype,
                                                      head_dim=cfg.model.head_dim, cp_size=self.layout.cp))
 
     def _forward_fn(self, model, cfg: RunConfig, device: torch.device, dtype: torch.dtype) -> Callable:
-        """The model itself, or its context-parallel wrapper, with the configured kernel/compile/graph options."""
-        from gen3c_dist.model.acceleration import build_forward
+        """This rank's DiT forward for the layout, with the configured kernel/compile/graph options."""
+        from gen3c_dist.parallel.parallelize import parallelize_dit
 
-        cp_forward = None
-        if self.layout.cp > 1:
-            from gen3c_dist.parallel.cp_forward import make_cp_forward
-
-            cp_forward = functools.partial(make_cp_forward, model, self.layout, counter=self.counter)
-        forward_fn, notes = build_forward(model, cfg.runtime, device=device, dtype=dtype,
-                                          cp_size=self.layout.cp, cp_forward=cp_forward)
+        forward_fn, notes = parallelize_dit(model, self.layout, cfg.runtime, device=device, dtype=dtype,
+                                            counter=self.counter)
         for note in notes:
             logger.info(note)
         return forward_fn
