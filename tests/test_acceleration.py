@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from gen3c_dist.config import ParallelConfig, RuntimeConfig
-from gen3c_dist.model import acceleration
+from gen3c_dist.model import acceleration, kernels
 from gen3c_dist.model.acceleration import (
     CudaGraphForward,
     OpaqueSeam,
@@ -193,6 +193,29 @@ def test_package_adapters_compute_local_attention(monkeypatch: pytest.MonkeyPatc
             torch.testing.assert_close(op(q2, k2, v2), local_attention(q2, k2, v2), rtol=0, atol=1e-5)
             op(q, k, v)
     assert _FakeDotProductAttention.built == [(4, 32), (2, 32)]
+
+
+def test_pinned_sdpa_runs_with_exactly_its_backends_in_its_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sdpa_kernel(backends, set_priority=True)``: only the chosen backends, tried in the chosen order."""
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+    seen = []
+
+    def spy(q, k, v):
+        seen.append(_cur_sdpa_kernel_backends(with_priority=True))  # enabled backends in priority order
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    monkeypatch.setattr(kernels, "F", types.SimpleNamespace(scaled_dot_product_attention=spy))
+    before = _cur_sdpa_kernel_backends(with_priority=True)
+    q, k, v = _qkv()
+    for choice, expected in (
+        (KernelChoice("sdpa_efficient", "auto", "test", ("sdpa_flash", "sdpa_math")),
+         [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]),
+        (KernelChoice("sdpa_math", "sdpa_math", "test"), [SDPBackend.MATH]),
+    ):
+        torch.testing.assert_close(build_attention_kernel(choice)(q, k, v), local_attention(q, k, v), rtol=0, atol=1e-5)
+        assert seen.pop() == expected
+    assert _cur_sdpa_kernel_backends(with_priority=True) == before  # restored after each call
 
 
 # ---- compile and CUDA-graph policy --------------------------------------------------------------------------
