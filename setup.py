@@ -17,7 +17,7 @@ CORE = [
     "omegaconf>=2.3",
     "imageio>=2.34",
     "imageio-ffmpeg>=0.5",
-    "einops>=0.7",
+    "einops>=0.7",  # patchify, unpatchify and the Ulysses layouts, written as the spec's rearrange patterns
     "tqdm>=4.66",
     "pillow>=10",
 ]

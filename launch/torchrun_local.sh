@@ -4,7 +4,8 @@
 #   launch/torchrun_local.sh input.image=x.png trajectory.type=zoom_in
 #
 # Every argument is a Hydra override handed to the runner unchanged. Environment overrides (see launch/README.md):
-#   NGPU         processes to start (default: GPUs in CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`, else 1)
+#   NGPU         processes to start (default: `gpu`, torchrun's own count of the GPUs this process may use;
+#                1 on a machine without one)
 #   MASTER_PORT  rendezvous port on localhost (default 29500)
 #   CONFIG_NAME  Hydra config (default gen3c_7b)
 #   LOG_RANKS    local ranks whose output reaches the console (default 0); every rank is still tee'd (--tee 3)
@@ -19,29 +20,22 @@
 # start with "address already in use": pick another MASTER_PORT.
 set -euo pipefail
 
-# GPUs this process may use. CUDA_VISIBLE_DEVICES wins over nvidia-smi because `nvidia-smi -L` lists every GPU
-# of the machine: with CUDA_VISIBLE_DEVICES=0,1 on an 8-GPU box, ranks 2..7 would find no device. Counted with
-# builtins only, so a missing or failing nvidia-smi (no driver, CPU machine) just means 1.
-count_gpus() {
-    local n=0 line out id
-    local -a visible
-    if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
-        IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
-        for id in "${visible[@]}"; do
-            [[ -n "$id" ]] && n=$((n + 1))
-        done
-        echo $((n > 0 ? n : 1))
-        return
+# torchrun counts the GPUs itself with --nproc_per_node=gpu (torch.cuda.device_count(), so CUDA_VISIBLE_DEVICES
+# is honoured), but it refuses that value when CUDA is unavailable. The script only decides whether there is a GPU
+# at all: none when CUDA_VISIBLE_DEVICES is set and lists no device, or when `nvidia-smi -L` is missing, fails
+# (no driver) or lists none; then it starts 1 process, the CPU run.
+has_gpu() {
+    local out
+    if [[ -n "${CUDA_VISIBLE_DEVICES+set}" && -z "${CUDA_VISIBLE_DEVICES//,/}" ]]; then
+        return 1
     fi
-    if out="$(nvidia-smi -L 2>/dev/null)"; then
-        while IFS= read -r line; do
-            [[ "$line" == GPU\ * ]] && n=$((n + 1))
-        done <<< "$out"
-    fi
-    echo $((n > 0 ? n : 1))
+    out="$(nvidia-smi -L 2>/dev/null)" || return 1
+    [[ $'\n'"$out" == *$'\n'GPU\ * ]]
 }
 
-NGPU="${NGPU:-$(count_gpus)}"
+if [[ -z "${NGPU:-}" ]]; then
+    if has_gpu; then NGPU=gpu; else NGPU=1; fi
+fi
 MASTER_PORT="${MASTER_PORT:-29500}"
 CONFIG_NAME="${CONFIG_NAME:-gen3c_7b}"
 LOG_RANKS="${LOG_RANKS:-0}"

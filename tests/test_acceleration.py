@@ -1,6 +1,7 @@
-"""Single-device speed options: kernel selection on fake GPUs, the CPU kernels against ``local_attention``, the
-package adapters against fakes of their documented APIs, the compile / CUDA-graph policies and runners, and the
-context-parallel path with a chosen local kernel (2 gloo ranks against one process).
+"""Speed options: kernel selection on fake GPUs, the CPU kernels against ``local_attention``, the package
+adapters against fakes of their documented APIs, the compile / CUDA-graph policies and runners, what
+``parallelize_dit`` assembles, the position tables built once per chunk geometry, and the context-parallel path
+with a chosen local kernel (2 gloo ranks against one process).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import pytest
 import torch
 
 from gen3c_dist.config import ParallelConfig, RuntimeConfig
-from gen3c_dist.model import acceleration
+from gen3c_dist.model import acceleration, kernels
 from gen3c_dist.model.acceleration import (
     CudaGraphForward,
     OpaqueSeam,
-    build_forward,
-    check_speed_options,
+    bind_forward,
     compile_allowed,
     compile_blocks,
     cuda_graphs_allowed,
@@ -37,7 +37,9 @@ from gen3c_dist.model.kernels import (
     select_attention_kernel,
 )
 from gen3c_dist.model.weights import random_dit
-from gen3c_dist.parallel import attach_process_groups, make_cp_forward, plan_layout
+from gen3c_dist.parallel import attach_process_groups, make_cp_forward, parallelize, plan_layout
+from gen3c_dist.parallel.comm_counter import CommCounter
+from gen3c_dist.parallel.parallelize import check_speed_options, parallelize_dit
 from tests.dist_utils import relative_error, run_distributed, tiny_inputs, tiny_model_config
 
 ALL_PACKAGES = frozenset({"flash_attn", "flash_attn_interface", "transformer_engine"})
@@ -193,19 +195,40 @@ def test_package_adapters_compute_local_attention(monkeypatch: pytest.MonkeyPatc
     assert _FakeDotProductAttention.built == [(4, 32), (2, 32)]
 
 
+def test_pinned_sdpa_runs_with_exactly_its_backends_in_its_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sdpa_kernel(backends, set_priority=True)``: only the chosen backends, tried in the chosen order."""
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+    seen = []
+
+    def spy(q, k, v):
+        seen.append(_cur_sdpa_kernel_backends(with_priority=True))  # enabled backends in priority order
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    monkeypatch.setattr(kernels, "F", types.SimpleNamespace(scaled_dot_product_attention=spy))
+    before = _cur_sdpa_kernel_backends(with_priority=True)
+    q, k, v = _qkv()
+    for choice, expected in (
+        (KernelChoice("sdpa_efficient", "auto", "test", ("sdpa_flash", "sdpa_math")),
+         [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]),
+        (KernelChoice("sdpa_math", "sdpa_math", "test"), [SDPBackend.MATH]),
+    ):
+        torch.testing.assert_close(build_attention_kernel(choice)(q, k, v), local_attention(q, k, v), rtol=0, atol=1e-5)
+        assert seen.pop() == expected
+    assert _cur_sdpa_kernel_backends(with_priority=True) == before  # restored after each call
+
+
 # ---- compile and CUDA-graph policy --------------------------------------------------------------------------
 def test_compile_and_cuda_graph_policies() -> None:
     assert not compile_allowed(False, device_type="cpu") and compile_allowed(True, device_type="cuda")
     with pytest.raises(ValueError, match=r"runtime\.compile=true is a CUDA option"):
         compile_allowed(True, device_type="cpu")
-    assert not cuda_graphs_allowed(False, device_type="cpu", cp_size=4)
-    assert cuda_graphs_allowed(True, device_type="cuda", cp_size=1)
+    assert not cuda_graphs_allowed(False, device_type="cpu")
+    assert cuda_graphs_allowed(True, device_type="cuda")
     with pytest.raises(ValueError, match=r"runtime\.cuda_graphs=true needs a CUDA device"):
-        cuda_graphs_allowed(True, device_type="cpu", cp_size=1)
-    with pytest.raises(ValueError, match=r"runtime\.cuda_graphs=true needs a single-device forward.*degree is 2"):
-        cuda_graphs_allowed(True, device_type="cuda", cp_size=2)
-    assert seam_traceable("sdpa_cudnn", cp_size=1) and not seam_traceable("sdpa_cudnn", cp_size=2)
-    assert not seam_traceable("flash_attn_3", cp_size=1) and not seam_traceable("te", cp_size=1)
+        cuda_graphs_allowed(True, device_type="cpu")
+    assert seam_traceable("sdpa_cudnn") and seam_traceable("sdpa")
+    assert not seam_traceable("flash_attn_3") and not seam_traceable("te")
 
 
 @functools.lru_cache(maxsize=None)
@@ -218,45 +241,82 @@ def _forward(fn, case: dict[str, Any], branch: str = "cond") -> torch.Tensor:
         return fn(case["x"], case["timestep"], **case[branch])
 
 
-def test_build_forward_on_cpu() -> None:
+def _layout(parallel: dict[str, Any], *, world_size: int = 1, rank: int = 0):
+    """A planned layout without process groups (enough for everything but running a CP forward)."""
+    return plan_layout(ParallelConfig(**parallel), world_size=world_size, rank=rank, num_heads=4,
+                       guidance_runs_both=True)
+
+
+def test_parallelize_dit_on_cpu() -> None:
     model, case = _model(), tiny_inputs(_model().cfg)
-    forward, notes = build_forward(model, RuntimeConfig(), device=CPU, dtype=torch.float32)
-    assert forward is model and "attention kernel: sdpa" in notes[0]
-    torch.testing.assert_close(_forward(forward, case), _forward(model, case), rtol=0, atol=0)
-    flash, _ = build_forward(model, RuntimeConfig(attention_kernel="sdpa_math"), device=CPU, dtype=torch.float32)
-    assert flash is not model
-    assert relative_error(_forward(flash, case, "uncond"), _forward(model, case, "uncond")) <= 1e-5
+    single = _layout({})
+    forward, notes = parallelize_dit(model, single, RuntimeConfig(), device=CPU, dtype=torch.float32)
+    assert len(notes) == 1 and "attention kernel: sdpa" in notes[0]
+    for branch in ("cond", "uncond", "cond"):  # the second and third calls reuse the chunk's position tables
+        torch.testing.assert_close(_forward(forward, case, branch), _forward(model, case, branch), rtol=0, atol=0)
+    math_runtime = RuntimeConfig(attention_kernel="sdpa_math")
+    math_forward, _ = parallelize_dit(model, single, math_runtime, device=CPU, dtype=torch.float32)
+    assert relative_error(_forward(math_forward, case, "uncond"), _forward(model, case, "uncond")) <= 1e-5
     for runtime, name in ((RuntimeConfig(compile=True), "compile"), (RuntimeConfig(cuda_graphs=True), "cuda_graphs"),
                           (RuntimeConfig(attention_kernel="flash_attn"), "attention_kernel")):
         with pytest.raises(ValueError, match=rf"runtime\.{name}"):
-            build_forward(model, runtime, device=CPU, dtype=torch.float32)
-    with pytest.raises(ValueError, match="cp_forward"):
-        build_forward(model, RuntimeConfig(), device=CPU, dtype=torch.float32, cp_size=2)
+            parallelize_dit(model, single, runtime, device=CPU, dtype=torch.float32)
+    with pytest.raises(ValueError, match="process groups"):  # CP needs the layout's groups (attach_process_groups)
+        parallelize_dit(model, _layout({"ulysses": 2}, world_size=2), RuntimeConfig(), device=CPU, dtype=torch.float32)
     plan = check_speed_options(RuntimeConfig(), device=CPU, dtype=torch.float32, head_dim=32, cp_size=4)
     assert (plan.kernel.kernel, plan.compile, plan.cuda_graphs) == ("sdpa", False, False)
     with pytest.raises(ValueError, match="degree 0"):
         check_speed_options(RuntimeConfig(), device=CPU, dtype=torch.float32, head_dim=32, cp_size=0)
 
 
-def test_build_forward_wiring_on_a_fake_hopper(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing runs on the (absent) GPU: the test checks what build_forward assembles for CUDA."""
+def test_parallelize_dit_wiring_on_a_fake_hopper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing runs on the (absent) GPU: the test checks what parallelize_dit assembles for CUDA."""
     monkeypatch.setitem(sys.modules, "flash_attn_interface", _fake_flash_attn(returns_lse=False))
     hopper = functools.partial(gpu, (9, 0), packages=ALL_PACKAGES)
     monkeypatch.setattr(acceleration, "probe_environment", lambda device, dtype, head_dim: hopper(head_dim=head_dim))
-    cuda, model = torch.device("cuda"), random_dit(tiny_model_config(4), seed=0)
-    runtime = RuntimeConfig(compile=True, cuda_graphs=True)
-    forward, notes = build_forward(model, runtime, device=cuda, dtype=torch.bfloat16)
+    cuda, model, single = torch.device("cuda"), random_dit(tiny_model_config(4), seed=0), _layout({})
+    forward, notes = parallelize_dit(model, single, RuntimeConfig(compile=True, cuda_graphs=True), device=cuda,
+                                     dtype=torch.bfloat16)
     assert isinstance(forward, CudaGraphForward) and forward.captures == 0
     assert "flash_attn_3" in notes[0] and "graph break" in notes[1] and "CUDA graphs" in notes[2]
+    _, notes = parallelize_dit(model, single, RuntimeConfig(compile=True, attention_kernel="sdpa_cudnn"), device=cuda,
+                               dtype=torch.bfloat16)
+    assert "sdpa_cudnn" in notes[0] and "attention traced" in notes[1]  # an SDPA kernel on one device is traced
     built: dict[str, Any] = {}
-    result, _ = build_forward(model, RuntimeConfig(compile=True), device=cuda, dtype=torch.bfloat16, cp_size=2,
-                              cp_forward=lambda **kwargs: built.update(kwargs) or "cp-forward")
-    assert result == "cp-forward" and isinstance(built["wrap_attention"].__self__, OpaqueSeam)
-    q, k, v = _qkv()
+    monkeypatch.setattr(parallelize, "make_cp_forward", lambda m, lay, **kwargs: built.update(kwargs) or "cp-forward")
+    counter, cp2 = CommCounter(), _layout({"ulysses": 2}, world_size=2)
+    for kernel in ("auto", "sdpa_cudnn"):  # with CP the seam breaks the graph whatever the kernel
+        result, notes = parallelize_dit(model, cp2, RuntimeConfig(compile=True, attention_kernel=kernel), device=cuda,
+                                        dtype=torch.bfloat16, counter=counter)
+        assert result == "cp-forward" and isinstance(built["wrap_attention"].__self__, OpaqueSeam)
+        assert built["counter"] is counter and "graph break" in notes[1]
+        assert ("flash_attn_3" if kernel == "auto" else kernel) in notes[0]
+    q, k, v = _qkv()  # the kernel of the last build (sdpa_cudnn) cannot run here; build the FA3 one again
+    parallelize_dit(model, cp2, RuntimeConfig(), device=cuda, dtype=torch.bfloat16)
     torch.testing.assert_close(built["local_attn"](q, k, v), local_attention(q, k, v), rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match=r"runtime\.cuda_graphs"):
-        build_forward(model, RuntimeConfig(cuda_graphs=True), device=cuda, dtype=torch.bfloat16, cp_size=2,
-                      cp_forward=lambda **kwargs: None)
+    assert built["wrap_attention"] is None  # no compile: the distributed op is called directly
+    for build in (
+        lambda: parallelize_dit(model, cp2, RuntimeConfig(cuda_graphs=True), device=cuda, dtype=torch.bfloat16),
+        lambda: check_speed_options(RuntimeConfig(cuda_graphs=True), device=cuda, dtype=torch.bfloat16, head_dim=32,
+                                    cp_size=2),
+    ):
+        with pytest.raises(ValueError, match=r"runtime\.cuda_graphs=true needs a single-device forward.*degree is 2"):
+            build()
+
+
+def test_bound_forward_builds_positions_once_per_chunk_geometry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunk's forwards share one set of tables; a new fps or size builds new ones; outputs stay bit for bit."""
+    model, case = random_dit(tiny_model_config(4), seed=0), tiny_inputs(_model().cfg)
+    case_fps, small = {**case, "cond": {**case["cond"], "fps": 12.0}}, _smaller(case)
+    calls = [(case, "cond"), (case, "uncond"), (case_fps, "cond"), (small, "cond"), (small, "uncond")]
+    expected = [_forward(model, c, branch) for c, branch in calls]  # a bare call builds its own tables
+    built, build = [], model.token_positions
+    monkeypatch.setattr(model, "token_positions", lambda g, **kw: built.append((g, kw["fps"])) or build(g, **kw))
+    forward = bind_forward(model)
+    for (c, branch), reference in zip(calls, expected):
+        torch.testing.assert_close(_forward(forward, c, branch), reference, rtol=0, atol=0)
+    fps = case["cond"]["fps"]
+    assert built == [((5, 5, 7), fps), ((5, 5, 7), 12.0), ((5, 4, 6), fps)]  # latents (5, 10, 14) and (5, 8, 12)
 
 
 def _fake_record(self: CudaGraphForward):
@@ -358,18 +418,20 @@ def cp_rank(env: Any) -> dict[str, Any]:
         return seam.bind(op)
 
     chosen = make_cp_forward(model, layout, local_attn=counting_kernel, wrap_attention=wrap)
-    default, _ = build_forward(model, RuntimeConfig(), device=CPU, dtype=torch.float32, cp_size=2,
-                               cp_forward=functools.partial(make_cp_forward, model, layout))
-    return {"chosen": _forward(chosen, case), "default": _forward(default, case), "calls": calls, "wrapped": wrapped}
+    default, _ = parallelize_dit(model, layout, RuntimeConfig(), device=CPU, dtype=torch.float32)
+    outputs = {branch: _forward(chosen, case, branch) for branch in ("cond", "uncond")}
+    return {"chosen": outputs, "default": _forward(default, case), "calls": calls, "wrapped": wrapped}
 
 
 def test_context_parallel_uses_the_selected_local_kernel() -> None:
     ranks = [r.unwrap() for r in run_distributed(cp_rank, 2)]
     model, case = _model(), tiny_inputs(_model().cfg)
     reference = _forward(model, case)
+    uncond = _forward(model, case, "uncond")
     for rank, result in enumerate(ranks):
-        assert relative_error(result["chosen"], reference) <= 1e-5, f"rank {rank}"
+        assert relative_error(result["chosen"]["cond"], reference) <= 1e-5, f"rank {rank}"
+        assert relative_error(result["chosen"]["uncond"], uncond) <= 1e-5, f"rank {rank}"
         assert relative_error(result["default"], reference) <= 1e-5, f"rank {rank}"
-        # Ulysses 2: all 175 tokens (padded to 176 queries) per rank, padded key trimmed, once per block
-        assert result["calls"] == [(176, 175)] * model.cfg.num_blocks
-        assert result["wrapped"] == ["HybridAttention"]
+        # Ulysses 2: all 175 tokens (padded to 176 queries) per rank, padded key trimmed, once per block per forward
+        assert result["calls"] == [(176, 175)] * model.cfg.num_blocks * 2
+        assert result["wrapped"] == ["HybridAttention"]  # bound once for the chunk's geometry, not per forward

@@ -155,7 +155,7 @@ def sandbox(tmp_path: Path):
     return run
 
 
-def local_argv(ngpu: int = 4, port: int = 29500, config: str = "gen3c_7b", log_ranks: str = "0",
+def local_argv(ngpu: int | str = "gpu", port: int = 29500, config: str = "gen3c_7b", log_ranks: str = "0",
                log_dir: str = "logs/torchrun") -> list[str]:
     return [
         "--nnodes=1", f"--nproc_per_node={ngpu}", "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}",
@@ -196,10 +196,11 @@ def test_strict_mode_and_sbatch_header(script):
 
 
 def test_local_default_command(sandbox):
+    """With a GPU, torchrun counts the GPUs itself (--nproc_per_node=gpu); nvidia-smi only says there is one."""
     r = sandbox("torchrun_local.sh", *USER_ARGS, env={"STUB_GPUS": "4"})
     assert r.rc == 0, r.stderr
-    assert r.only("torchrun") == local_argv(ngpu=4) + USER_ARGS
-    assert r.printed() == ["torchrun", *local_argv(ngpu=4), *USER_ARGS]
+    assert r.only("torchrun") == local_argv(ngpu="gpu") + USER_ARGS
+    assert r.printed() == ["torchrun", *local_argv(ngpu="gpu"), *USER_ARGS]
     assert r.only("nvidia-smi") == ["-L"]
     assert "srun" not in r.calls
 
@@ -221,8 +222,10 @@ def test_local_env_overrides(sandbox):
         ({}, False, 1),  # no nvidia-smi on PATH (CPU machine)
         ({"STUB_GPUS": "8", "STUB_NVSMI_RC": "9"}, True, 1),  # nvidia-smi present but failing (no driver)
         ({"STUB_GPUS": "0"}, True, 1),
-        ({"STUB_GPUS": "8", "CUDA_VISIBLE_DEVICES": "0,3"}, True, 2),  # nvidia-smi -L ignores the mask
-        ({"STUB_GPUS": "8", "CUDA_VISIBLE_DEVICES": ""}, True, 1),
+        ({"STUB_GPUS": "8", "CUDA_VISIBLE_DEVICES": "0,3"}, True, "gpu"),  # torchrun's count honours the mask
+        ({"CUDA_VISIBLE_DEVICES": "0,3"}, False, 1),  # a mask without a driver is still no GPU
+        ({"STUB_GPUS": "8", "CUDA_VISIBLE_DEVICES": ""}, True, 1),  # masked to nothing: torchrun's gpu would fail
+        ({"STUB_GPUS": "8", "CUDA_VISIBLE_DEVICES": ","}, True, 1),
     ],
 )
 def test_local_gpu_count(sandbox, env, nvidia_smi, ngpu):

@@ -26,7 +26,7 @@ from gen3c_dist.parallel import (
 )
 from gen3c_dist.parallel.comm_counter import expected_bytes_per_step
 from gen3c_dist.parallel.hybrid import HybridAttention
-from gen3c_dist.parallel.sharding import TokenShard, gather_tokens, shard_tokens
+from gen3c_dist.parallel.sharding import TokenShard, gather_tokens, shard_positions, shard_tokens
 from tests.dist_utils import TINY_LATENT_THW, relative_error, run_distributed, tiny_inputs, tiny_model_config
 
 GUIDANCE = 1.0  # official default: F = 2 Fc - Fu, both passes run
@@ -157,6 +157,26 @@ def test_every_layout_matches_single_process(world_size: int) -> None:
             for name in ("ulysses4", "ring4", "hybrid2x2"):
                 error = relative_error(padding[name], padding["reference"])
                 assert error <= TOLERANCE, f"padded {name} on rank {rank} differs by {error:.2e}"
+
+
+def test_shard_positions_are_the_rows_of_the_whole_tables() -> None:
+    """A rank builds only its own rows; they equal the whole tables' rows bit for bit, and padding is inert."""
+    model = _model(4)
+    for grid_THW, degrees in ((model.patch_grid(TINY_LATENT_THW), (2, 3, 4)), ((1, 1, 5), (4,))):  # 175 and 5 tokens
+        full = model.token_positions(grid_THW, fps=24.0)
+        tokens = full.pos_emb_LD.shape[0]
+        for degree in degrees:
+            for index in range(degree):
+                shard = TokenShard(tokens=tokens, degree=degree, index=index)
+                own = shard_positions(model, grid_THW, fps=24.0, shard=shard, device=torch.device("cpu"))
+                real = shard.valid_keys(start=shard.start, length=shard.per_rank)
+                assert own.grid_THW == grid_THW
+                for name, pad in (("rope_cos_LD", 1.0), ("rope_sin_LD", 0.0), ("pos_emb_LD", 0.0)):
+                    table = getattr(own, name)
+                    assert table.shape[0] == shard.per_rank, (name, degree, index)
+                    assert torch.equal(table[:real], getattr(full, name)[shard.start : shard.start + real]), name
+                    assert torch.all(table[real:] == pad), (name, degree, index)  # cos 1, sin 0: no rotation
+    assert TokenShard(tokens=5, degree=4, index=3).valid_keys(start=6, length=2) == 0  # 5 on 4 ranks: one all padding
 
 
 def _config(name: str, world_size: int) -> dict[str, Any]:

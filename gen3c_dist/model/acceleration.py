@@ -1,24 +1,23 @@
-"""Single-device speed options (``runtime.attention_kernel / compile / cuda_graphs``) applied to the DiT forward.
+"""Single-device speed options (``runtime.attention_kernel / compile / cuda_graphs``) for the DiT forward.
 
-:func:`build_forward` is the one entry point: it picks the attention kernel (:mod:`gen3c_dist.model.kernels`),
-optionally compiles the blocks and optionally wraps the single-device forward in a CUDA-graph runner. With the
-defaults on the CPU it returns the model itself, so the plain path is untouched.
+The pieces, which :func:`gen3c_dist.parallel.parallelize.parallelize_dit` applies in order: the attention
+kernel (:mod:`gen3c_dist.model.kernels`, chosen by :func:`check_speed_options`), :func:`compile_blocks`
+(with an :class:`OpaqueSeam` where the attention op must stay out of the graph), :func:`bind_forward` (the
+forward with its op bound and its position tables built once per chunk) and :class:`CudaGraphForward`.
 
 Decisions:
 
 * ``compile`` compiles each ``TransformerBlock`` in place (``nn.Module.compile``, the "regional compilation"
   recipe), not the whole forward. The 28 blocks are identical, so dynamo traces one graph and every block
-  reuses it (seconds to compile instead of minutes), and ``embed`` / the token sharding / the final gather stay
-  eager. Parameter names and the state dict do not change. The self-attention seam is either traced (SDPA
-  kernels on one device: inductor fuses the layout changes around it) or an :class:`OpaqueSeam`, one graph
-  break per block: always with context parallelism, so the Ulysses/ring collectives, the comm counter and the
-  fault timeouts run eagerly between two compiled graphs, and for flash-attn / TE, whose Python wrappers dynamo
-  need not understand. Mode is torch's default: ``reduce-overhead`` would capture CUDA graphs of its own.
-* ``cuda_graphs`` captures the whole single-device forward (:class:`CudaGraphForward`): the sampler calls it 70
-  times per chunk (cond and uncond, 35 steps) with the same shapes, so one capture serves a chunk, the next
-  chunks and every video of the same size; a new shape or fps re-captures. It is refused with CP > 1 (a graph
-  would replay the GPU work but skip the host side of the collectives: gloo, the comm counter, the fault guard)
-  and off CUDA.
+  reuses it (seconds to compile instead of minutes), and everything around the blocks stays eager. Parameter
+  names and the state dict do not change. The self-attention seam is either traced (SDPA kernels: inductor
+  fuses the layout changes around it) or an :class:`OpaqueSeam`, one graph break per block: for flash-attn /
+  TE, whose Python wrappers dynamo need not understand, and for any op behind the seam that communicates
+  (its collectives, byte counting and timeouts then run eagerly between two compiled graphs).
+* ``cuda_graphs`` captures the whole forward (:class:`CudaGraphForward`): the sampler calls it 70 times per
+  chunk (cond and uncond, 35 steps) with the same shapes, so one capture serves a chunk, the next chunks and
+  every video of the same size; a new shape or fps re-captures. A graph replays GPU work only, so a forward
+  with host-side work inside (collectives) must not be captured; that is the caller's refusal to make.
 * Both options are refused on the CPU rather than ignored: the CPU path exists for tests and the demo, where a
   compile only adds start-up time, and a flag that silently does nothing would mislead.
 """
@@ -26,31 +25,18 @@ Decisions:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Protocol
+import functools
+from typing import Any, Callable, Optional
 
 import torch
 
 from gen3c_dist.config import RuntimeConfig
 from gen3c_dist.errors import InputError
-from gen3c_dist.model.attention import AttentionOp
+from gen3c_dist.model.attention import AttentionOp, local_attention
 from gen3c_dist.model.dit import GEN3CDiT
-from gen3c_dist.model.kernels import (
-    SDPA,
-    SDPA_KERNELS,
-    KernelChoice,
-    build_attention_kernel,
-    probe_environment,
-    select_attention_kernel,
-)
+from gen3c_dist.model.kernels import SDPA_KERNELS, KernelChoice, probe_environment, select_attention_kernel
 
 ForwardFn = Callable[..., torch.Tensor]  # GEN3CDiT.forward's signature without attn_op
-SeamWrapper = Callable[[AttentionOp], AttentionOp]
-
-
-class CPForwardBuilder(Protocol):
-    """``make_cp_forward`` bound to the model and layout (the model package never sees a process group)."""
-
-    def __call__(self, *, local_attn: AttentionOp, wrap_attention: Optional[SeamWrapper]) -> ForwardFn: ...
 
 
 # ---- policy (pure) ----------------------------------------------------------------------------------------
@@ -66,32 +52,26 @@ def compile_allowed(requested: bool, *, device_type: str) -> bool:
     return True
 
 
-def cuda_graphs_allowed(requested: bool, *, device_type: str, cp_size: int) -> bool:
-    """Whether to capture the forward in a CUDA graph; ValueError off CUDA or with context parallelism."""
+def cuda_graphs_allowed(requested: bool, *, device_type: str) -> bool:
+    """Whether to capture the forward in a CUDA graph; ValueError off CUDA."""
     if not requested:
         return False
     if device_type != "cuda":
         raise InputError(f"runtime.cuda_graphs=true needs a CUDA device; this model runs on {device_type}")
-    if cp_size > 1:
-        raise InputError(
-            f"runtime.cuda_graphs=true needs a single-device forward, but the context-parallel degree is {cp_size}: "
-            "a graph would replay the GPU work and skip the host side of the collectives (gloo, comm counter, "
-            "fault timeouts). Set runtime.cuda_graphs=false, or use cfg / data parallelism only"
-        )
     return True
 
 
-def seam_traceable(kernel: str, *, cp_size: int) -> bool:
-    """Whether compiled blocks may trace the attention op instead of breaking the graph around it."""
-    return cp_size == 1 and kernel in SDPA_KERNELS
+def seam_traceable(kernel: str) -> bool:
+    """Whether compiled blocks may trace this single-device kernel instead of breaking the graph around it."""
+    return kernel in SDPA_KERNELS
 
 
 # ---- compile ----------------------------------------------------------------------------------------------
 class OpaqueSeam:
     """One attention op for the whole run that torch.compile calls eagerly (a graph break) instead of tracing.
 
-    Dynamo guards on the identity of a function it calls, and the CP path binds a new op every forward, so the
-    seam must be one stable object: :meth:`bind` points it at the current op and returns the same callable.
+    Dynamo guards on the identity of a function it calls, and a caller may bind a new op when the input size
+    changes, so the seam must be one stable object: :meth:`bind` points it at the op and returns the same callable.
     """
 
     def __init__(self) -> None:
@@ -184,12 +164,22 @@ class CudaGraphForward:
         return graph, output
 
 
-# ---- the entry point --------------------------------------------------------------------------------------
-def _bind_attn_op(model: GEN3CDiT, attn_op: AttentionOp) -> ForwardFn:
+# ---- the single-device forward ----------------------------------------------------------------------------
+def bind_forward(model: GEN3CDiT, attn_op: AttentionOp = local_attention) -> ForwardFn:
+    """``model.forward`` with ``attn_op`` bound, and its TokenPositions built once per latent grid and fps.
+
+    A chunk's 70 forwards share the grid and fps, so they share one set of RoPE cos/sin and pos-emb tables (the
+    same values a bare ``model(...)`` call builds for itself); a new size or fps replaces them (one entry is
+    kept). The tables are read from the weights when first built: load the weights before the first call.
+    """
+    positions_for = functools.lru_cache(maxsize=1)(model.token_positions)
+
     def forward(
         x_BCTHW: torch.Tensor, timesteps_B: torch.Tensor, crossattn_emb_BLcCt: torch.Tensor, **inputs: Any
     ) -> torch.Tensor:
-        return model(x_BCTHW, timesteps_B, crossattn_emb_BLcCt, **inputs, attn_op=attn_op)
+        grid_THW = model.patch_grid(tuple(x_BCTHW.shape[-3:]))
+        positions = positions_for(grid_THW, fps=inputs.get("fps"), device=x_BCTHW.device)
+        return model(x_BCTHW, timesteps_B, crossattn_emb_BLcCt, **inputs, attn_op=attn_op, positions=positions)
 
     return forward
 
@@ -202,56 +192,18 @@ class SpeedPlan:
 
 
 def check_speed_options(
-    runtime: RuntimeConfig, *, device: torch.device, dtype: torch.dtype, head_dim: int, cp_size: int
+    runtime: RuntimeConfig, *, device: torch.device, dtype: torch.dtype, head_dim: int
 ) -> SpeedPlan:
-    """Every refusal of the speed options, without touching a model: callers may run it before loading weights."""
-    if cp_size < 1:
-        raise ValueError(f"context-parallel degree {cp_size} must be >= 1")
+    """Every single-device refusal of the speed options, without touching a model (callers run it before loading)."""
     return SpeedPlan(
         kernel=select_attention_kernel(runtime.attention_kernel, probe_environment(device, dtype, head_dim)),
         compile=compile_allowed(runtime.compile, device_type=device.type),
-        cuda_graphs=cuda_graphs_allowed(runtime.cuda_graphs, device_type=device.type, cp_size=cp_size),
+        cuda_graphs=cuda_graphs_allowed(runtime.cuda_graphs, device_type=device.type),
     )
 
 
-def build_forward(
-    model: GEN3CDiT,
-    runtime: RuntimeConfig,
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    cp_size: int = 1,
-    cp_forward: Optional[CPForwardBuilder] = None,
-) -> tuple[ForwardFn, list[str]]:
-    """The DiT forward function with the runtime's speed options, and one note per decision (for the log).
-
-    ``cp_size > 1`` needs ``cp_forward`` (``functools.partial(make_cp_forward, model, layout)``); the selected
-    kernel then serves as the local attention of the Ulysses path. Every refusal is a ValueError raised before
-    the model is touched.
-    """
-    if cp_size > 1 and cp_forward is None:
-        raise ValueError(f"build_forward: cp_size={cp_size} needs cp_forward (make_cp_forward bound to the layout)")
-    plan = check_speed_options(runtime, device=device, dtype=dtype, head_dim=model.cfg.head_dim, cp_size=cp_size)
-    kernel = build_attention_kernel(plan.kernel)
-    notes = [_kernel_note(plan.kernel)]
-    seam: Optional[OpaqueSeam] = None
-    if plan.compile:
-        seam = None if seam_traceable(plan.kernel.kernel, cp_size=cp_size) else OpaqueSeam()
-        count = compile_blocks(model)
-        attention = "traced" if seam is None else "kept eager (graph break)"
-        notes.append(f"torch.compile: {count} blocks in place, attention {attention}")
-    if cp_size > 1:
-        return cp_forward(local_attn=kernel, wrap_attention=seam.bind if seam else None), notes
-    if plan.kernel.kernel == SDPA and not plan.compile and not plan.cuda_graphs:
-        return model, notes  # the plain path, bit for bit
-    forward = _bind_attn_op(model, seam.bind(kernel) if seam else kernel)
-    if plan.cuda_graphs:
-        forward = CudaGraphForward(forward, device=device)
-        notes.append("CUDA graphs: the forward is captured at its first call per input shape and replayed")
-    return forward, notes
-
-
-def _kernel_note(choice: KernelChoice) -> str:
+def kernel_note(choice: KernelChoice) -> str:
+    """The log line for a kernel choice."""
     fallbacks = f" (torch may fall back to {', '.join(choice.sdpa_fallbacks)})" if choice.sdpa_fallbacks else ""
     requested = f"runtime.attention_kernel={choice.requested!r}"
     return f"attention kernel: {choice.kernel} for {requested}, {choice.reason}{fallbacks}"

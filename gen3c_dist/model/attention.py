@@ -2,8 +2,9 @@
 
 Contract: ``attn_op(q_BLHD, k_BLHD, v_BLHD) -> o_BLHD``. Q and K arrive already normalised and rotated
 (RoPE), the softmax scale is ``1/sqrt(D)`` and there is no mask. ``L`` is whatever sequence the caller holds:
-the full sequence on one device, or this rank's shard when ``gen3c_dist.parallel`` swaps in a distributed op,
-which then does its own communication and returns the same layout. Cross-attention always uses
+the full sequence on one device, or a run of it when a caller puts a distributed op behind the seam (only
+:func:`gen3c_dist.parallel.parallelize.parallelize_dit` does), which then does its own communication and returns
+the same layout. Cross-attention always uses
 :func:`local_attention`: its keys (the text) are replicated, so it never needs communication.
 """
 

@@ -1,12 +1,15 @@
 """The GEN3C network (official ``VideoExtendGeneralDIT`` on the Cosmos-1.0-7B DiT), single device.
 
 Spec section 2. Module and parameter names equal the official ones minus the ``net.`` prefix, so a checkpoint
-loads with a rename-free state dict. The forward pass is split into three public phases so that context
-parallelism can act between them without touching this file:
+loads with a rename-free state dict. The forward pass is split into public phases, so that a caller can run
+them on part of the sequence (a run of tokens) without touching this file:
 
-    embed()      -> tokens [B, L, D] and a BlockContext (RoPE angles, pos-emb, modulation inputs), replicated
-    run_blocks() -> the 28 FA-CA-MLP blocks; self-attention goes through the ``attn_op`` argument (the seam)
-    unembed()    -> final layer and unpatchify to [B, 16, T, H, W]
+    token_positions() -> RoPE cos/sin and pos-emb for a run of tokens: they depend only on the latent grid and
+                         fps, so a caller builds them once per chunk and passes them to every forward
+    patch_tokens()    -> the 82-channel input patchified to [B, L, 82 * pt * ps * ps] (no weights yet)
+    embed_tokens() and block_context() -> tokens [B, l, D] and the per-call BlockContext (modulation inputs)
+    run_blocks()      -> the 28 FA-CA-MLP blocks; self-attention goes through the ``attn_op`` argument (the seam)
+    unembed()         -> final layer and unpatchify to [B, 16, T, H, W]
 
 Shape letters: B batch, C channels, T/H/W latent frames/rows/cols, L = tokens in (t h w) order, D model width,
 Dh head dim, Lc text tokens, Ct text width.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import einops
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,16 +32,28 @@ from gen3c_dist.model.embeddings import (
     TimestepEmbedder,
     apply_rope,
     rope_angles,
+    rope_cos_sin,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockContext:
-    """Everything the blocks need besides the tokens. Token-aligned fields are sharded together with x."""
+class TokenPositions:
+    """What a token's place in the latent grid decides, aligned with the tokens a caller holds (all, or a run).
 
-    grid_THW: tuple[int, int, int]  # patch grid of the full (unsharded) sequence
-    rope_LD: torch.Tensor  # [L, Dh] RoPE angles, fp32, token-aligned
-    pos_emb_LD: torch.Tensor  # [L, D] normalised learnable pos-emb, token-aligned
+    It depends on the patch grid and fps only, which a chunk's 70 forwards share: build it once per chunk.
+    """
+
+    grid_THW: tuple[int, int, int]  # patch grid of the whole sequence, also when the tables cover a run of it
+    rope_cos_LD: torch.Tensor  # [L, Dh] cos of the RoPE angles, in the activation dtype
+    rope_sin_LD: torch.Tensor  # [L, Dh] sin of the RoPE angles, in the activation dtype
+    pos_emb_LD: torch.Tensor  # [L, D] normalised learnable pos-emb
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockContext:
+    """Everything the blocks need besides the tokens: the positions (per chunk) and this call's conditioning."""
+
+    positions: TokenPositions
     affline_BD: torch.Tensor  # [B, D] RMS-normalised timestep sinusoid (input of every adaLN)
     adaln_lora_B3D: torch.Tensor  # [B, 3D] t-embedder MLP output, the shared adaLN bias
     context_BLcCt: torch.Tensor  # [B, Lc, Ct] text embedding (cross-attention keys/values)
@@ -68,14 +84,15 @@ class Attention(nn.Module):
         x_BLD: torch.Tensor,
         context_BLcC: torch.Tensor,
         *,
-        rope_LD: torch.Tensor | None,
+        positions: TokenPositions | None,
         attn_op: AttentionOp,
     ) -> torch.Tensor:
         q = self.to_q[1](self._heads(self.to_q[0](x_BLD)))
         k = self.to_k[1](self._heads(self.to_k[0](context_BLcC)))
         v = self._heads(self.to_v[0](context_BLcC))
-        if rope_LD is not None:  # self-attention only; applied after the QK norm (spec 2.5)
-            q, k = apply_rope(q, rope_LD), apply_rope(k, rope_LD)
+        if positions is not None:  # self-attention only; applied after the QK norm (spec 2.5)
+            cos_LD, sin_LD = positions.rope_cos_LD, positions.rope_sin_LD
+            q, k = apply_rope(q, cos_LD, sin_LD), apply_rope(k, cos_LD, sin_LD)
         o_BLHD = attn_op(q, k, v)
         return self.to_out(o_BLHD.flatten(2))
 
@@ -121,9 +138,9 @@ class SubBlock(nn.Module):
         shift_B1D, scale_B1D, gate_B1D = modulation_B3D[:, None, :].chunk(3, dim=-1)
         h_BLD = self.norm_state(x_BLD) * (1 + scale_B1D) + shift_B1D
         if self.kind == "self_attn":
-            h_BLD = self.block.attn(h_BLD, h_BLD, rope_LD=ctx.rope_LD, attn_op=attn_op)
+            h_BLD = self.block.attn(h_BLD, h_BLD, positions=ctx.positions, attn_op=attn_op)
         elif self.kind == "cross_attn":
-            h_BLD = self.block.attn(h_BLD, ctx.context_BLcCt, rope_LD=None, attn_op=local_attention)
+            h_BLD = self.block.attn(h_BLD, ctx.context_BLcCt, positions=None, attn_op=local_attention)
         else:
             h_BLD = self.block(h_BLD)
         return x_BLD + gate_B1D * h_BLD
@@ -135,26 +152,27 @@ class TransformerBlock(nn.Module):
         self.blocks = nn.ModuleList(SubBlock(kind, cfg) for kind in ("self_attn", "cross_attn", "mlp"))
 
     def forward(self, x_BLD: torch.Tensor, ctx: BlockContext, attn_op: AttentionOp) -> torch.Tensor:
-        x_BLD = x_BLD + ctx.pos_emb_LD.to(x_BLD.dtype)  # before every block, not once (spec 2.5)
+        x_BLD = x_BLD + ctx.positions.pos_emb_LD.to(x_BLD.dtype)  # before every block, not once (spec 2.5)
         for sub in self.blocks:
             x_BLD = sub(x_BLD, ctx, attn_op)
         return x_BLD
 
 
 class PatchEmbed(nn.Module):
-    """``b c (t r) (h m) (w n) -> b t h w (c r m n)``: channel outermost (spec 2.3), then a bias-free Linear."""
+    """Patchify with the channel outermost (spec 2.3), then a bias-free Linear; index 0 of ``proj`` has no weights."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.pt, self.ps = cfg.patch_temporal, cfg.patch_spatial
         self.proj = nn.Sequential(nn.Identity(), nn.Linear(cfg.patch_in_features, cfg.model_channels, bias=False))
 
-    def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
-        B, C, T, H, W = x_BCTHW.shape
-        pt, ps = self.pt, self.ps
-        x = x_BCTHW.reshape(B, C, T // pt, pt, H // ps, ps, W // ps, ps)
-        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, T // pt, H // ps, W // ps, C * pt * ps * ps)
-        return self.proj[1](x)  # [B, T', H', W', D]
+    def patchify(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        """``[B, C, T, H, W] -> [B, L, C * pt * ps * ps]``, tokens in (t h w) order."""
+        pattern = "b c (t r) (h m) (w n) -> b (t h w) (c r m n)"
+        return einops.rearrange(x_BCTHW, pattern, r=self.pt, m=self.ps, n=self.ps)
+
+    def forward(self, patches_BLP: torch.Tensor) -> torch.Tensor:
+        return self.proj[1](patches_BLP)  # [B, L, D]; per token, so any run of tokens embeds alone
 
 
 class FinalLayer(nn.Module):
@@ -186,7 +204,40 @@ class GEN3CDiT(nn.Module):
         self.blocks = nn.ModuleDict({f"block{i}": TransformerBlock(cfg) for i in range(cfg.num_blocks)})
         self.final_layer = FinalLayer(cfg)
 
-    # ---- phase 1 -------------------------------------------------------------------------------------------
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The weights' dtype, which every activation of the forward shares."""
+        return self.x_embedder.proj[1].weight.dtype
+
+    def patch_grid(self, latent_THW: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The token grid of a latent grid; ValueError when the patch size does not divide it."""
+        T, H, W = latent_THW
+        pt, ps = self.cfg.patch_temporal, self.cfg.patch_spatial
+        if T % pt or H % ps or W % ps:
+            raise ValueError(f"latent grid {(T, H, W)} is not divisible by the patch size")
+        return T // pt, H // ps, W // ps
+
+    # ---- positions: once per latent grid and fps -----------------------------------------------------------
+    def rope_angles(
+        self, grid_THW: tuple[int, int, int], *, fps: float | None, tokens: slice | None = None,
+        device: torch.device | None = None,
+    ) -> torch.Tensor:
+        """The 3D RoPE angles ``[l, Dh]`` (fp32) of the tokens ``tokens`` (default all) of the sequence."""
+        cfg = self.cfg
+        extrapolation = (cfg.rope_t_extrapolation_ratio, cfg.rope_h_extrapolation_ratio, cfg.rope_w_extrapolation_ratio)
+        return rope_angles(grid_THW, head_dim=cfg.head_dim, fps=fps, extrapolation_thw=extrapolation,
+                           device=device, tokens=tokens)
+
+    def token_positions(
+        self, grid_THW: tuple[int, int, int], *, fps: float | None, tokens: slice | None = None,
+        device: torch.device | None = None,
+    ) -> TokenPositions:
+        """RoPE cos/sin and pos-emb of the tokens ``tokens`` (default all), equal to those rows of the whole tables."""
+        angles_lD = self.rope_angles(grid_THW, fps=fps, tokens=tokens, device=device)
+        cos_lD, sin_lD = rope_cos_sin(angles_lD, self.compute_dtype)
+        return TokenPositions(grid_THW, cos_lD, sin_lD, self.extra_pos_embedder(grid_THW, tokens))
+
+    # ---- phase 1: embed ------------------------------------------------------------------------------------
     def assemble_input(
         self,
         x_BCTHW: torch.Tensor,
@@ -205,13 +256,47 @@ class GEN3CDiT(nn.Module):
             )
         if condition_video_input_mask_B1THW.shape != (B, 1, T, H, W):
             raise ValueError(f"condition_video_input_mask {tuple(condition_video_input_mask_B1THW.shape)} != {(B, 1, T, H, W)}")
-        if T % self.cfg.patch_temporal or H % self.cfg.patch_spatial or W % self.cfg.patch_spatial:
-            raise ValueError(f"latent grid {(T, H, W)} is not divisible by the patch size")
+        self.patch_grid((T, H, W))  # ValueError unless the patch size divides the grid
         if padding_mask_B1HW.shape[-2:] != (H, W):  # the official nearest resize to the latent grid
             padding_mask_B1HW = F.interpolate(padding_mask_B1HW.float(), size=(H, W), mode="nearest")
         padding_B1THW = padding_mask_B1HW.to(x_BCTHW.dtype)[:, :, None].expand(B, 1, T, H, W)
         parts = [x_BCTHW, condition_video_input_mask_B1THW, condition_video_pose_BCTHW, padding_B1THW]
         return torch.cat([p.to(x_BCTHW.dtype) for p in parts], dim=1)
+
+    def patch_tokens(
+        self,
+        x_BCTHW: torch.Tensor,
+        *,
+        condition_video_input_mask_B1THW: torch.Tensor,
+        condition_video_pose_BCTHW: torch.Tensor,
+        padding_mask_B1HW: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """The assembled input patchified, ``[B, L, 82 * pt * ps * ps]``, and its token grid (T', H', W')."""
+        x_in_BCTHW = self.assemble_input(
+            x_BCTHW.to(self.compute_dtype),
+            condition_video_input_mask_B1THW=condition_video_input_mask_B1THW,
+            condition_video_pose_BCTHW=condition_video_pose_BCTHW,
+            padding_mask_B1HW=padding_mask_B1HW,
+        )
+        return self.x_embedder.patchify(x_in_BCTHW), self.patch_grid(tuple(x_BCTHW.shape[-3:]))
+
+    def embed_tokens(self, patches_BLP: torch.Tensor) -> torch.Tensor:
+        """The patch embedding ``[B, l, P] -> [B, l, D]``: per token, so it embeds any run of tokens alone."""
+        return self.x_embedder(patches_BLP)
+
+    def block_context(
+        self, timesteps_B: torch.Tensor, crossattn_emb_BLcCt: torch.Tensor, positions: TokenPositions
+    ) -> BlockContext:
+        """This call's conditioning (timestep modulation inputs, text) beside the chunk's positions."""
+        dtype = self.compute_dtype
+        # The official pipeline casts c_noise to the model dtype before the call (spec 2.4).
+        sinusoid_BD, adaln_lora_B3D = self.t_embedder(timesteps_B.reshape(-1).to(dtype))
+        return BlockContext(
+            positions=positions,
+            affline_BD=self.affline_norm(sinusoid_BD),
+            adaln_lora_B3D=adaln_lora_B3D,
+            context_BLcCt=crossattn_emb_BLcCt.to(dtype),
+        )
 
     def embed(
         self,
@@ -223,34 +308,23 @@ class GEN3CDiT(nn.Module):
         condition_video_pose_BCTHW: torch.Tensor,
         padding_mask_B1HW: torch.Tensor,
         fps: float | None = None,
+        positions: TokenPositions | None = None,
     ) -> tuple[torch.Tensor, BlockContext]:
-        dtype = self.x_embedder.proj[1].weight.dtype
-        x_in = self.assemble_input(
-            x_BCTHW.to(dtype),
+        """Tokens ``[B, L, D]`` and the BlockContext; ``positions`` (all L tokens, this grid and fps) are reused."""
+        patches_BLP, grid_THW = self.patch_tokens(
+            x_BCTHW,
             condition_video_input_mask_B1THW=condition_video_input_mask_B1THW,
             condition_video_pose_BCTHW=condition_video_pose_BCTHW,
             padding_mask_B1HW=padding_mask_B1HW,
         )
-        x_BThwD = self.x_embedder(x_in)
-        B, T, H, W, D = x_BThwD.shape
-        # The official pipeline casts c_noise to the model dtype before the call (spec 2.4).
-        sinusoid_BD, adaln_lora_B3D = self.t_embedder(timesteps_B.reshape(-1).to(dtype))
-        cfg = self.cfg
-        ctx = BlockContext(
-            grid_THW=(T, H, W),
-            rope_LD=rope_angles(
-                (T, H, W),
-                head_dim=cfg.head_dim,
-                fps=fps,
-                extrapolation_thw=(cfg.rope_t_extrapolation_ratio, cfg.rope_h_extrapolation_ratio, cfg.rope_w_extrapolation_ratio),
-                device=x_BThwD.device,
-            ),
-            pos_emb_LD=self.extra_pos_embedder((T, H, W)),
-            affline_BD=self.affline_norm(sinusoid_BD),
-            adaln_lora_B3D=adaln_lora_B3D,
-            context_BLcCt=crossattn_emb_BLcCt.to(dtype),
-        )
-        return x_BThwD.reshape(B, T * H * W, D), ctx
+        if positions is None:
+            positions = self.token_positions(grid_THW, fps=fps, device=x_BCTHW.device)
+        elif positions.grid_THW != grid_THW or positions.pos_emb_LD.shape[0] != patches_BLP.shape[1]:
+            raise ValueError(
+                f"positions hold {positions.pos_emb_LD.shape[0]} tokens of grid {positions.grid_THW}, but the input "
+                f"has all {patches_BLP.shape[1]} tokens of grid {grid_THW}"
+            )
+        return self.embed_tokens(patches_BLP), self.block_context(timesteps_B, crossattn_emb_BLcCt, positions)
 
     # ---- phase 2 -------------------------------------------------------------------------------------------
     def run_blocks(self, x_BLD: torch.Tensor, ctx: BlockContext, *, attn_op: AttentionOp = local_attention) -> torch.Tensor:
@@ -261,15 +335,15 @@ class GEN3CDiT(nn.Module):
     # ---- phase 3 -------------------------------------------------------------------------------------------
     def unembed(self, x_BLD: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         tokens_BLP = self.final_layer(x_BLD, ctx.affline_BD, ctx.adaln_lora_B3D)
-        return self.unpatchify(tokens_BLP, ctx.grid_THW)
+        return self.unpatchify(tokens_BLP, ctx.positions.grid_THW)
 
     def unpatchify(self, tokens_BLP: torch.Tensor, grid_THW: tuple[int, int, int]) -> torch.Tensor:
         """``(p1 p2 t C)`` feature order, channel innermost: the opposite of the patch embed (spec 2.7)."""
         T, H, W = grid_THW
-        B = tokens_BLP.shape[0]
-        ps, pt, C = self.cfg.patch_spatial, self.cfg.patch_temporal, self.cfg.out_channels
-        x = tokens_BLP.reshape(B, T, H, W, ps, ps, pt, C)
-        return x.permute(0, 7, 1, 6, 2, 4, 3, 5).reshape(B, C, T * pt, H * ps, W * ps)
+        ps, pt = self.cfg.patch_spatial, self.cfg.patch_temporal
+        return einops.rearrange(
+            tokens_BLP, "b (T H W) (p1 p2 t c) -> b c (T t) (H p1) (W p2)", T=T, H=H, W=W, p1=ps, p2=ps, t=pt
+        )
 
     def forward(
         self,
@@ -282,6 +356,7 @@ class GEN3CDiT(nn.Module):
         padding_mask_B1HW: torch.Tensor,
         fps: float | None = None,
         attn_op: AttentionOp = local_attention,
+        positions: TokenPositions | None = None,
     ) -> torch.Tensor:
         """Raw network output ``F`` [B, 16, T, H, W]; EDM preconditioning happens outside (spec 4.1)."""
         x_BLD, ctx = self.embed(
@@ -292,6 +367,7 @@ class GEN3CDiT(nn.Module):
             condition_video_pose_BCTHW=condition_video_pose_BCTHW,
             padding_mask_B1HW=padding_mask_B1HW,
             fps=fps,
+            positions=positions,
         )
         return self.unembed(self.run_blocks(x_BLD, ctx, attn_op=attn_op), ctx)
 

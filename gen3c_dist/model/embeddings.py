@@ -67,6 +67,18 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * dim_h, dim_h, dim_h
 
 
+def token_axes(
+    grid_THW: tuple[int, int, int], tokens: slice | None = None, *, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t, h, w) grid coordinates of the tokens ``tokens`` (default all) of the (t h w)-ordered sequence, each [l]."""
+    T, H, W = grid_THW
+    start, stop, step = (tokens or slice(None)).indices(T * H * W)
+    if step != 1:
+        raise ValueError(f"token range {tokens} must be contiguous (step 1)")
+    index_l = torch.arange(start, stop, device=device)
+    return index_l // (H * W), index_l // W % H, index_l % W
+
+
 def rope_angles(
     grid_THW: tuple[int, int, int],
     *,
@@ -74,11 +86,14 @@ def rope_angles(
     fps: float | None,
     extrapolation_thw: tuple[float, float, float],
     device: torch.device | None = None,
+    tokens: slice | None = None,
 ) -> torch.Tensor:
-    """RoPE angles per token, ``[L, Dh]`` in fp32, laid out ``[t, h, w, t, h, w]`` (rotate-half pairing).
+    """RoPE angles per token, ``[l, Dh]`` in fp32, laid out ``[t, h, w, t, h, w]`` (rotate-half pairing).
 
-    The temporal base is NTK-scaled: ``theta_t = 1e4 * r_t ** (dim_t / (dim_t - 2))`` (spec section 2.5), and
-    temporal positions are rescaled by ``24 / fps`` when an fps is given.
+    ``tokens`` picks a contiguous run of the (t h w) sequence (default: all ``L`` tokens); a row depends only on
+    its token's grid position, so a run equals the same rows of the whole table, bit for bit. The temporal base
+    is NTK-scaled: ``theta_t = 1e4 * r_t ** (dim_t / (dim_t - 2))`` (spec section 2.5), and temporal positions
+    are rescaled by ``24 / fps`` when an fps is given.
     """
     T, H, W = grid_THW
     dim_t, dim_h, dim_w = rope_split(head_dim)
@@ -94,22 +109,20 @@ def rope_angles(
     half_t = torch.outer(t_pos, inverse_freqs(dim_t, extrapolation_thw[0]))  # [T, dim_t/2]
     half_h = torch.outer(torch.arange(H, dtype=torch.float32, device=device), inverse_freqs(dim_h, extrapolation_thw[1]))
     half_w = torch.outer(torch.arange(W, dtype=torch.float32, device=device), inverse_freqs(dim_w, extrapolation_thw[2]))
-    parts = [
-        half_t[:, None, None, :].expand(T, H, W, -1),
-        half_h[None, :, None, :].expand(T, H, W, -1),
-        half_w[None, None, :, :].expand(T, H, W, -1),
-    ]
-    angles_THWD = torch.cat(parts * 2, dim=-1)
-    return angles_THWD.reshape(T * H * W, head_dim)
+    t_l, h_l, w_l = token_axes(grid_THW, tokens, device=device)
+    return torch.cat([half_t[t_l], half_h[h_l], half_w[w_l]] * 2, dim=-1)  # [l, Dh]
 
 
-def apply_rope(x_BLHD: torch.Tensor, angles_LD: torch.Tensor) -> torch.Tensor:
+def rope_cos_sin(angles_LD: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and ``sin`` of the angles in the activation dtype: computed once, used by every attention call."""
+    return torch.cos(angles_LD).to(dtype), torch.sin(angles_LD).to(dtype)
+
+
+def apply_rope(x_BLHD: torch.Tensor, cos_LD: torch.Tensor, sin_LD: torch.Tensor) -> torch.Tensor:
     """``x cos + rotate_half(x) sin`` where rotate_half pairs dim i with i + Dh/2 (TE convention, spec 2.5)."""
-    cos_L1D = torch.cos(angles_LD)[:, None, :].to(x_BLHD.dtype)
-    sin_L1D = torch.sin(angles_LD)[:, None, :].to(x_BLHD.dtype)
     x1, x2 = x_BLHD.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    return x_BLHD * cos_L1D + rotated * sin_L1D
+    return x_BLHD * cos_LD[:, None, :] + rotated * sin_LD[:, None, :]  # [L, 1, Dh] broadcast over heads
 
 
 class LearnablePosEmbAxis(nn.Module):
@@ -121,7 +134,8 @@ class LearnablePosEmbAxis(nn.Module):
         self.pos_emb_h = nn.Parameter(torch.zeros(len_h, dim))
         self.pos_emb_w = nn.Parameter(torch.zeros(len_w, dim))
 
-    def forward(self, grid_THW: tuple[int, int, int]) -> torch.Tensor:
+    def forward(self, grid_THW: tuple[int, int, int], tokens: slice | None = None) -> torch.Tensor:
+        """``[l, D]`` for the tokens ``tokens`` (default all); a run equals those rows of the whole table."""
         T, H, W = grid_THW
         if T > self.pos_emb_t.shape[0] or H > self.pos_emb_h.shape[0] or W > self.pos_emb_w.shape[0]:
             raise ValueError(
@@ -129,10 +143,8 @@ class LearnablePosEmbAxis(nn.Module):
                 f"({self.pos_emb_t.shape[0]}, {self.pos_emb_h.shape[0]}, {self.pos_emb_w.shape[0]}); "
                 "raise model.max_frames / max_img_h / max_img_w"
             )
-        emb_THWD = (
-            self.pos_emb_t[:T, None, None, :] + self.pos_emb_h[None, :H, None, :] + self.pos_emb_w[None, None, :W, :]
-        )
-        dim = emb_THWD.shape[-1]
-        norm = torch.linalg.vector_norm(emb_THWD, dim=-1, keepdim=True, dtype=torch.float32)
-        norm = norm / math.sqrt(dim) + 1e-6
-        return (emb_THWD / norm.to(emb_THWD.dtype)).reshape(T * H * W, dim)  # [L, D]
+        t_l, h_l, w_l = token_axes(grid_THW, tokens, device=self.pos_emb_t.device)
+        emb_lD = self.pos_emb_t[t_l] + self.pos_emb_h[h_l] + self.pos_emb_w[w_l]
+        norm_l1 = torch.linalg.vector_norm(emb_lD, dim=-1, keepdim=True, dtype=torch.float32)
+        norm_l1 = norm_l1 / math.sqrt(emb_lD.shape[-1]) + 1e-6
+        return emb_lD / norm_l1.to(emb_lD.dtype)

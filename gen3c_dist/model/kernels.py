@@ -1,8 +1,8 @@
 """Attention kernels for the model's seam, and the pure rule that picks one (``runtime.attention_kernel``).
 
 Every kernel computes what :func:`gen3c_dist.model.attention.local_attention` computes: ``softmax(Q K^T / sqrt(D)) V``
-with no mask, ``[B, L, H, D]`` in and out (the key length may differ from the query length: the Ulysses path
-trims padded keys). Kernels, by the name that runs:
+with no mask, ``[B, L, H, D]`` in and out (the key length may differ from the query length: a caller that
+trims padded keys passes a slice). Kernels, by the name that runs:
 
     sdpa            torch SDPA with torch's own dispatch: exactly ``local_attention`` (the default off CUDA)
     sdpa_flash      SDPA pinned to its FlashAttention-2 kernel (CUDA sm80+; CPU has a flash kernel too)
@@ -45,6 +45,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gen3c_dist.errors import InputError
 from gen3c_dist.model.attention import AttentionOp, local_attention
@@ -188,13 +189,17 @@ def probe_environment(device: torch.device, dtype: torch.dtype, head_dim: int) -
     )
 
 
-def _sdpa_pinned(kernels: tuple[str, ...]) -> AttentionOp:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+_SDPA_BACKENDS = {SDPA_FLASH: SDPBackend.FLASH_ATTENTION, SDPA_CUDNN: SDPBackend.CUDNN_ATTENTION,
+                  SDPA_EFFICIENT: SDPBackend.EFFICIENT_ATTENTION, SDPA_MATH: SDPBackend.MATH}
 
-    backend = {SDPA_FLASH: SDPBackend.FLASH_ATTENTION, SDPA_CUDNN: SDPBackend.CUDNN_ATTENTION,
-               SDPA_EFFICIENT: SDPBackend.EFFICIENT_ATTENTION, SDPA_MATH: SDPBackend.MATH}
-    backends = [backend[k] for k in kernels]
-    # cuDNN accepts only the transposed view of a contiguous [B, L, H, D]; the Ulysses key slice is not one.
+
+def _sdpa_pinned(kernels: tuple[str, ...]) -> AttentionOp:
+    """SDPA limited to ``kernels``, tried in that order: ``sdpa_kernel(backends, set_priority=True)`` enables just
+    those backends and makes the list torch's priority order, so the first that accepts a shape runs (the
+    default ``set_priority=False`` would keep torch's own order among them).
+    """
+    backends = [_SDPA_BACKENDS[k] for k in kernels]
+    # cuDNN accepts only the transposed view of a contiguous [B, L, H, D]; a trimmed key slice is not one.
     dense = SDPA_CUDNN in kernels
 
     def attention(q_BLHD: torch.Tensor, k_BLHD: torch.Tensor, v_BLHD: torch.Tensor) -> torch.Tensor:
@@ -219,7 +224,8 @@ def _flash_attn(module: str) -> AttentionOp:
 
 
 class TransformerEngineAttention:
-    """TE ``DotProductAttention`` in ``bshd`` layout; one module per (heads, head_dim) seen (Ulysses holds H/u)."""
+    """TE ``DotProductAttention`` in ``bshd`` layout; one module per (heads, head_dim) seen (a caller may hold a
+    subset of the heads)."""
 
     def __init__(self) -> None:
         import transformer_engine.pytorch as te

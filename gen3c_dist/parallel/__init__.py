@@ -8,11 +8,12 @@ Runner sequence::
     layout = attach_process_groups(layout, timeout_s=env.timeout_s)   # one DeviceMesh over the layout
     with fault_guard(env):
         ...load model, broadcast_tensors(...) from layout.replica_lead...
-        forward_fn = make_cp_forward(model, layout, counter=counter)
+        forward_fn, notes = parallelize_dit(model, layout, cfg.runtime, device=device, dtype=dtype, counter=counter)
         F = guided_output(forward_fn, layout, x_scaled, t, cond_kwargs, uncond_kwargs, guidance, counter=counter)
     shutdown_distributed(env)
 
-The model never imports this package; it only exposes the ``attn_op`` seam and its three phases.
+The model never imports this package; it only exposes the ``attn_op`` seam and its phases. ``parallelize_dit``
+(kernel, compile, then context parallelism) is the one place that puts a distributed op behind the seam.
 """
 
 from gen3c_dist.parallel.broadcast import broadcast_tensors, spec_of
@@ -23,6 +24,7 @@ from gen3c_dist.parallel.distributed import DistEnv, init_distributed, shutdown_
 from gen3c_dist.parallel.faults import RankFailedError, fault_guard
 from gen3c_dist.parallel.mesh import ProcessGroups, attach_process_groups
 from gen3c_dist.parallel.layout import ParallelLayout, plan_layout
+from gen3c_dist.parallel.parallelize import parallelize_dit
 
 __all__ = [
     "CommCounter",
@@ -38,6 +40,7 @@ __all__ = [
     "guided_output",
     "init_distributed",
     "make_cp_forward",
+    "parallelize_dit",
     "plan_layout",
     "shutdown_distributed",
     "spec_of",

@@ -4,7 +4,7 @@ The sequence of ``L`` tokens is padded to ``L_pad = cp * ceil(L / cp)`` and CP-l
 ``[c * l, (c + 1) * l)`` with ``l = L_pad / cp``. Padding sits at the end of the global sequence, so every
 attention backend knows a key is padding from its global position alone (``position >= L``) and excludes it from
 the softmax. Padded query rows compute something harmless (zero input, zero RoPE angle, zero pos-emb) that the
-gather drops.
+gather drops. A rank's position tables are built for its own tokens only (:func:`shard_positions`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from gen3c_dist.model.dit import BlockContext
+from gen3c_dist.model.dit import GEN3CDiT, TokenPositions
 from gen3c_dist.parallel.comm import all_gather
 from gen3c_dist.parallel.comm_counter import CommCounter
 
@@ -59,11 +59,24 @@ def shard_tokens(x_BLX: torch.Tensor, shard: TokenShard) -> torch.Tensor:
     return F.pad(local, (0, 0) * (x_BLX.ndim - 2) + (0, missing))
 
 
-def shard_block_context(ctx: BlockContext, shard: TokenShard) -> BlockContext:
-    """The context with its token-aligned tables (RoPE angles, pos-emb) cut to this rank's tokens."""
-    rope_lD = shard_tokens(ctx.rope_LD[None], shard)[0]  # [l, Dh]; zero angle on padding = identity rotation
-    pos_emb_lD = shard_tokens(ctx.pos_emb_LD[None], shard)[0]  # [l, D]
-    return dataclasses.replace(ctx, rope_LD=rope_lD, pos_emb_LD=pos_emb_lD)
+def shard_positions(
+    model: GEN3CDiT, grid_THW: tuple[int, int, int], *, fps: float | None, shard: TokenShard, device: torch.device
+) -> TokenPositions:
+    """This rank's ``[l, ...]`` position tables, built for its real tokens only and padded like :func:`shard_tokens`.
+
+    Equal to the same rows of the whole sequence's tables. A padding row has a zero RoPE angle (cos 1, sin 0:
+    the identity rotation) and a zero pos-emb.
+    """
+    real = shard.valid_keys(start=shard.start, length=shard.per_rank)
+    own = model.token_positions(grid_THW, fps=fps, tokens=slice(shard.start, shard.start + real), device=device)
+    missing = shard.per_rank - real
+    if not missing:
+        return own
+
+    def pad(table_lX: torch.Tensor, value: float) -> torch.Tensor:
+        return F.pad(table_lX, (0, 0, 0, missing), value=value)
+
+    return TokenPositions(grid_THW, pad(own.rope_cos_LD, 1.0), pad(own.rope_sin_LD, 0.0), pad(own.pos_emb_LD, 0.0))
 
 
 def gather_tokens(

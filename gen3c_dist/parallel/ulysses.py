@@ -8,6 +8,7 @@ all-to-all returns the attention output to the sequence layout. Per layer a rank
 
 from __future__ import annotations
 
+import einops
 import torch
 import torch.distributed as dist
 
@@ -25,13 +26,11 @@ def sequence_to_heads(
     counter: CommCounter | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[B, l, H, Dh] x3 -> [B, u*l, H/u, Dh] x3 (this rank's head group, the Ulysses group's whole sequence)."""
-    B, l, H, Dh = q_BlHD.shape
-    u, h = degree, H // degree
     qkv_3BlHD = torch.stack([q_BlHD, k_BlHD, v_BlHD])
-    # Destination rank j gets head group j: [3, B, l, u, h, Dh] -> [u, 3, B, l, h, Dh]
-    send_U3BlhD = qkv_3BlHD.view(3, B, l, u, h, Dh).permute(3, 0, 1, 2, 4, 5).contiguous()
+    # Destination rank j gets head group j (heads split as (u h), u outermost).
+    send_U3BlhD = einops.rearrange(qkv_3BlHD, "k b l (u h) d -> u k b l h d", u=degree).contiguous()
     recv_U3BlhD = all_to_all(send_U3BlhD, group=group, counter=counter)  # recv[i] = sequence chunk i
-    qkv_3BLhD = recv_U3BlhD.permute(1, 2, 0, 3, 4, 5).reshape(3, B, u * l, h, Dh)
+    qkv_3BLhD = einops.rearrange(recv_U3BlhD, "u k b l h d -> k b (u l) h d")
     return qkv_3BLhD[0], qkv_3BLhD[1], qkv_3BLhD[2]
 
 
@@ -39,8 +38,6 @@ def heads_to_sequence(
     o_BLhD: torch.Tensor, *, group: dist.ProcessGroup, degree: int, counter: CommCounter | None
 ) -> torch.Tensor:
     """[B, u*l, H/u, Dh] -> [B, l, H, Dh]: every rank gets back its own tokens with all heads."""
-    B, L, h, Dh = o_BLhD.shape
-    u, l = degree, L // degree
-    send_UBlhD = o_BLhD.view(B, u, l, h, Dh).transpose(0, 1).contiguous()  # send[i] = sequence chunk i
+    send_UBlhD = einops.rearrange(o_BLhD, "b (u l) h d -> u b l h d", u=degree).contiguous()  # send[i] = chunk i
     recv_UBlhD = all_to_all(send_UBlhD, group=group, counter=counter)  # recv[j] = head group j
-    return recv_UBlhD.permute(1, 2, 0, 3, 4).reshape(B, l, u * h, Dh)
+    return einops.rearrange(recv_UBlhD, "u b l h d -> b l (u h) d")

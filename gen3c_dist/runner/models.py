@@ -30,14 +30,13 @@ from gen3c_dist.conditioning.text import T5PromptEncoder, resolve_t5_dir
 from gen3c_dist.conditioning.video_conditioner import ConditioningModels
 from gen3c_dist.config import CacheConfig, GeneratedFrameDepth, RunConfig
 from gen3c_dist.errors import InputError
-from gen3c_dist.model.acceleration import build_forward
 from gen3c_dist.model.dit import GEN3CDiT
 from gen3c_dist.model.tokenizer.config import VideoTokenizerConfig, tokenizer_preset
 from gen3c_dist.model.tokenizer.video_tokenizer import VideoTokenizer
 from gen3c_dist.model.weights import load_dit, random_dit
 from gen3c_dist.parallel.comm_counter import CommCounter
-from gen3c_dist.parallel.cp_forward import make_cp_forward
 from gen3c_dist.parallel.layout import ParallelLayout
+from gen3c_dist.parallel.parallelize import parallelize_dit
 from gen3c_dist.runner.background import Background, BackgroundWriter
 from gen3c_dist.runner.jobs import VideoJob
 from gen3c_dist.runner.replica import RunSettings
@@ -210,12 +209,9 @@ def load_conditioning_models(cfg: RunConfig, jobs: list[VideoJob], *, lead: bool
 
 def build_dit_forward(model: GEN3CDiT, cfg: RunConfig, layout: ParallelLayout, settings: RunSettings,
                       counter: Optional[CommCounter]) -> Callable:
-    """The model itself, or its context-parallel wrapper, with the configured kernel/compile/graph options."""
-    cp_forward = None
-    if layout.cp > 1:
-        cp_forward = functools.partial(make_cp_forward, model, layout, counter=counter)
-    forward_fn, notes = build_forward(model, cfg.runtime, device=settings.device, dtype=settings.dtype,
-                                      cp_size=layout.cp, cp_forward=cp_forward)
+    """This rank's DiT forward for the layout, with the configured kernel/compile/graph options."""
+    forward_fn, notes = parallelize_dit(model, layout, cfg.runtime, device=settings.device, dtype=settings.dtype,
+                                        counter=counter)
     for note in notes:
         logger.info(note)
     return forward_fn

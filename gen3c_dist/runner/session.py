@@ -23,8 +23,8 @@ import torch
 
 import gen3c_dist
 from gen3c_dist.config import RunConfig
-from gen3c_dist.model.acceleration import check_speed_options
 from gen3c_dist.parallel.faults import fault_guard
+from gen3c_dist.parallel.parallelize import check_speed_options
 from gen3c_dist.parallel.rendezvous import exchange_summaries
 from gen3c_dist.runner.jobs import RejectedLine, VideoJob, collect_jobs, is_complete
 from gen3c_dist.runner.models import LoadedModels, load_models, preflight_checkpoints

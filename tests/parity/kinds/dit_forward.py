@@ -26,12 +26,14 @@ def run_case(case) -> dict[str, torch.Tensor]:
             padding_mask_B1HW=t["padding_mask"],
             fps=float(case.inputs["fps"]),
         )
-        B, (T, H, W), D = x_BLD.shape[0], ctx.grid_THW, x_BLD.shape[-1]
+        B, (T, H, W), D = x_BLD.shape[0], ctx.positions.grid_THW, x_BLD.shape[-1]
         grid = lambda x: x.reshape(B, T, H, W, D)  # noqa: E731  [B, L, D] -> [B, T, H, W, D]
+        # The blocks hold cos/sin of these angles (TokenPositions); the fixture records the angles themselves.
+        rope_LD = model.rope_angles(ctx.positions.grid_THW, fps=float(case.inputs["fps"]))
         results = {
             "debug.patch_embed": grid(x_BLD),
-            "debug.rope_freqs": ctx.rope_LD[:, None, None, :],
-            "debug.extra_pos_emb": grid(ctx.pos_emb_LD.expand(B, -1, -1)),
+            "debug.rope_freqs": rope_LD[:, None, None, :],
+            "debug.extra_pos_emb": grid(ctx.positions.pos_emb_LD.expand(B, -1, -1)),
             "debug.t_emb_sinusoid": model.t_embedder(t["timesteps"])[0],
             "debug.adaln_lora": ctx.adaln_lora_B3D,
             "debug.affline_emb": ctx.affline_BD,
@@ -41,5 +43,5 @@ def run_case(case) -> dict[str, torch.Tensor]:
             results[f"debug.block{i}"] = grid(x_BLD)
         final_BLP = model.final_layer(x_BLD, ctx.affline_BD, ctx.adaln_lora_B3D)
         results["debug.final_layer"] = final_BLP.reshape(B * T, H * W, -1)
-        results["output"] = model.unpatchify(final_BLP, ctx.grid_THW)
+        results["output"] = model.unpatchify(final_BLP, ctx.positions.grid_THW)
     return results
