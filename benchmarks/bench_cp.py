@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from gen3c_dist.model.inputs import DiTInputs
+
 from gen3c_dist.config import DistributedConfig, ParallelConfig, model_preset
 from gen3c_dist.model.weights import random_dit
 from gen3c_dist.parallel import (
@@ -77,7 +79,8 @@ def run_rank(job: Job) -> dict[str, Any]:
     with torch.inference_mode():
         for step in range(job.steps):
             start = time.perf_counter()
-            guided_output(forward_fn, layout, case["x"], torch.tensor([0.1 * step]), case["cond"], case["uncond"], 1.0,
+            guided_output(forward_fn, layout, case["x"], torch.tensor([0.1 * step]), DiTInputs(**case["cond"]),
+                          DiTInputs(**case["uncond"]), 1.0,
                           counter=counter)
             seconds.append(time.perf_counter() - start)
     expected = expected_bytes_per_step(layout, model_cfg=model_cfg, latent_BCTHW=(1, 16, *job.latent_THW), element_size=4)

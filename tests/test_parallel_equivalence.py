@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from gen3c_dist.model.inputs import DiTInputs
+
 from gen3c_dist.config import DistributedConfig, ParallelConfig
 from gen3c_dist.model.attention import local_attention
 from gen3c_dist.model.weights import random_dit
@@ -85,7 +87,8 @@ def run_layouts(env: Any, world_size: int) -> dict[str, dict[str, Any]]:
         case = tiny_inputs(_model(heads).cfg)
         with torch.inference_mode():
             guided = guided_output(
-                forward_fn, layout, case["x"], case["timestep"], case["cond"], case["uncond"], GUIDANCE, counter=counter
+                forward_fn, layout, case["x"], case["timestep"], DiTInputs(**case["cond"]), DiTInputs(**case["uncond"]),
+                GUIDANCE, counter=counter
             )
         results[name] = {"guided": guided, "steps": counter.steps, "degrees": (layout.ulysses, layout.ring)}
     results["padding"] = padded_attention(env) if world_size == 4 else {}
@@ -128,7 +131,8 @@ def test_world_size_1_plain_python_equals_model_forward() -> None:
     counter = CommCounter()
     with torch.inference_mode():
         guided = guided_output(
-            make_cp_forward(_model(4), layout), layout, case["x"], case["timestep"], case["cond"], case["uncond"],
+            make_cp_forward(_model(4), layout), layout, case["x"], case["timestep"], DiTInputs(**case["cond"]),
+            DiTInputs(**case["uncond"]),
             GUIDANCE, counter=counter,
         )
     torch.testing.assert_close(guided, serial_reference(4), rtol=0, atol=0)

@@ -6,19 +6,22 @@ pickling), as the runner does; every rank then runs the sampler with the cfg-par
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
 from gen3c_dist.config import ParallelConfig
+from gen3c_dist.model.inputs import DiTInputs
 from gen3c_dist.model.weights import random_dit
 from gen3c_dist.parallel import CommCounter, attach_process_groups, broadcast_tensors, make_cp_forward, plan_layout, spec_of
 from gen3c_dist.parallel.broadcast import broadcast_int
-from gen3c_dist.parallel.cfg_parallel import cfg_parallel_guided_fn
+from gen3c_dist.parallel.cfg_parallel import CfgExchange
 from gen3c_dist.sampling import edm
-from gen3c_dist.sampling.guidance import BranchInputs, SharedInputs, serial_guided_fn
+from gen3c_dist.sampling.guidance import guided_fn
 from gen3c_dist.sampling.loop import FrameCondition, augment_noise, sample
 from tests.dist_utils import relative_error, run_distributed, tiny_inputs, tiny_model_config
 
@@ -49,15 +52,13 @@ def _conditioning() -> dict[str, torch.Tensor]:
     }
 
 
-def _run_sampler(guided_builder: Any, forward_fn: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    shared = SharedInputs(tensors["input_mask"], tensors["padding_mask"], 24.0)
-    guided = guided_builder(
-        forward_fn,
-        cond=BranchInputs(tensors["text_cond"], tensors["pose"]),
-        uncond=BranchInputs(tensors["text_uncond"], torch.zeros_like(tensors["pose"])),
-        shared=shared,
-        guidance=GUIDANCE,
-    )
+def _run_sampler(split: Any, forward_fn: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    def inputs(text: torch.Tensor, pose: torch.Tensor) -> DiTInputs:
+        return DiTInputs(text, tensors["input_mask"], pose, tensors["padding_mask"], 24.0)
+
+    guided = guided_fn(forward_fn, cond=inputs(tensors["text_cond"], tensors["pose"]),
+                       uncond=inputs(tensors["text_uncond"], torch.zeros_like(tensors["pose"])), guidance=GUIDANCE,
+                       split=split)
     noise = augment_noise(tuple(tensors["gt"].shape), 5)
     condition = FrameCondition(gt_latent_BCTHW=tensors["gt"], augment_noise_BCTHW=noise)
     with torch.inference_mode():
@@ -76,10 +77,8 @@ def sampling_rank(env: Any, layouts: list[dict[str, Any]]) -> list[dict[str, Any
         tensors = broadcast_tensors(source, spec, group=layout.groups.replica, src=layout.replica_lead, device=env.device)
         counter = CommCounter()
 
-        def builder(forward_fn: Any, **kwargs: Any) -> Any:
-            return cfg_parallel_guided_fn(forward_fn, layout=layout, counter=counter, **kwargs)
-
-        latent = _run_sampler(builder, make_cp_forward(_model(), layout, counter=counter), tensors)
+        latent = _run_sampler(CfgExchange(layout, counter=counter), make_cp_forward(_model(), layout, counter=counter),
+                              tensors)
         results.append({"latent": latent, "steps": len(counter.steps), "cfg_bytes": counter.steps[0]["cfg_exchange"]})
     results.append(_broadcast_other_dtypes(env, layout))
     return results
@@ -101,7 +100,7 @@ LAYOUTS = {2: [{"cfg": 2}], 4: [{"cfg": 2, "ulysses": 2}, {"cfg": 2, "ring": 2}]
 
 @pytest.mark.parametrize("world_size", sorted(LAYOUTS))
 def test_cfg_parallel_sampling_equals_serial(world_size: int) -> None:
-    serial = _run_sampler(serial_guided_fn, _model(), _conditioning())
+    serial = _run_sampler(None, _model(), _conditioning())
     for rank, result in enumerate(run_distributed(sampling_rank, world_size, args=(LAYOUTS[world_size],))):
         *runs, shared = result.unwrap()
         assert shared["int"] == 41
@@ -115,12 +114,27 @@ def test_cfg_parallel_sampling_equals_serial(world_size: int) -> None:
 
 
 def test_skip_uncond_policy_cannot_be_cfg_parallel() -> None:
-    layout = plan_layout(ParallelConfig(), world_size=1, rank=0, num_heads=4, guidance_runs_both=True)
-    branch = BranchInputs(torch.zeros(1), torch.zeros(1))
-    shared = SharedInputs(torch.zeros(1), torch.zeros(1), 24.0)
+    inputs = DiTInputs(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), 24.0)
+    split = SimpleNamespace(index=0, exchange=None, end_step=None)
     with pytest.raises(ValueError, match="skips the uncond pass at guidance 1"):
-        cfg_parallel_guided_fn(_model(), layout=layout, cond=branch, uncond=branch, shared=shared, guidance=1.0,
-                               policy="nonofficial_skip_uncond_at_guidance_1")
+        guided_fn(_model(), cond=inputs, uncond=inputs, guidance=1.0, policy="nonofficial_skip_uncond_at_guidance_1",
+                  split=split)
+
+
+def test_skip_uncond_policy_runs_one_pass_and_official_guidance_one_runs_both() -> None:
+    calls: list[torch.Tensor] = []
+
+    def forward(x, t, text, **keywords):
+        calls.append(text)
+        return x * text.sum()
+
+    cond = DiTInputs(torch.ones(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), 24.0)
+    uncond = dataclasses.replace(cond, crossattn_emb_BLcCt=torch.full((1,), 3.0))
+    x = torch.full((2,), 2.0)
+    skip = guided_fn(forward, cond=cond, uncond=uncond, guidance=1.0, policy="nonofficial_skip_uncond_at_guidance_1")
+    assert torch.equal(skip(x, torch.tensor([0.5])), x * 1.0) and len(calls) == 1
+    official = guided_fn(forward, cond=cond, uncond=uncond, guidance=1.0)
+    assert torch.equal(official(x, torch.tensor([0.5])), 2 * x - 3 * x) and len(calls) == 3  # F = 2 Fc - Fu
 
 
 def test_broadcast_source_must_match_the_spec() -> None:

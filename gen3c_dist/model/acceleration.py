@@ -34,9 +34,9 @@ from gen3c_dist.config import RuntimeConfig
 from gen3c_dist.errors import InputError
 from gen3c_dist.model.attention import AttentionOp, local_attention
 from gen3c_dist.model.dit import GEN3CDiT
+from gen3c_dist.model.inputs import ForwardFn
 from gen3c_dist.model.kernels import SDPA_KERNELS, KernelChoice, probe_environment, select_attention_kernel
 
-ForwardFn = Callable[..., torch.Tensor]  # GEN3CDiT.forward's signature without attn_op
 
 
 # ---- policy (pure) ----------------------------------------------------------------------------------------

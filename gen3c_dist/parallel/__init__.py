@@ -9,7 +9,7 @@ Runner sequence::
     with fault_guard(env):
         ...load model, broadcast_tensors(...) from layout.replica_lead...
         forward_fn, notes = parallelize_dit(model, layout, cfg.runtime, device=device, dtype=dtype, counter=counter)
-        F = guided_output(forward_fn, layout, x_scaled, t, cond_kwargs, uncond_kwargs, guidance, counter=counter)
+        F = guided_output(forward_fn, layout, x_scaled, t, cond_inputs, uncond_inputs, guidance, counter=counter)
     shutdown_distributed(env)
 
 The model never imports this package; it only exposes the ``attn_op`` seam and its phases. ``parallelize_dit``
@@ -17,9 +17,9 @@ The model never imports this package; it only exposes the ``attn_op`` seam and i
 """
 
 from gen3c_dist.parallel.broadcast import broadcast_tensors, spec_of
-from gen3c_dist.parallel.cfg_parallel import combine_guidance, guided_output
+from gen3c_dist.parallel.cfg_parallel import CfgExchange, guided_output
 from gen3c_dist.parallel.comm_counter import CommCounter
-from gen3c_dist.parallel.cp_forward import ForwardFn, make_cp_forward
+from gen3c_dist.parallel.cp_forward import make_cp_forward
 from gen3c_dist.parallel.distributed import DistEnv, init_distributed, shutdown_distributed
 from gen3c_dist.parallel.faults import RankFailedError, fault_guard
 from gen3c_dist.parallel.mesh import ProcessGroups, attach_process_groups
@@ -29,13 +29,12 @@ from gen3c_dist.parallel.parallelize import parallelize_dit
 __all__ = [
     "CommCounter",
     "DistEnv",
-    "ForwardFn",
     "ParallelLayout",
     "ProcessGroups",
     "RankFailedError",
     "attach_process_groups",
     "broadcast_tensors",
-    "combine_guidance",
+    "CfgExchange",
     "fault_guard",
     "guided_output",
     "init_distributed",

@@ -14,33 +14,18 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 import torch
 
 from gen3c_dist.model.acceleration import bind_forward
 from gen3c_dist.model.attention import AttentionOp, local_attention
 from gen3c_dist.model.dit import GEN3CDiT, TokenPositions
+from gen3c_dist.model.inputs import ForwardFn
 from gen3c_dist.parallel.backends import attention_factory
 from gen3c_dist.parallel.comm_counter import CommCounter
 from gen3c_dist.parallel.layout import ParallelLayout
 from gen3c_dist.parallel.sharding import TokenShard, gather_tokens, shard_positions, shard_tokens
-
-
-class ForwardFn(Protocol):
-    """``GEN3CDiT.forward`` without ``attn_op``: raw network output F ``[B, 16, T, H, W]``."""
-
-    def __call__(
-        self,
-        x_BCTHW: torch.Tensor,
-        timesteps_B: torch.Tensor,
-        crossattn_emb_BLcCt: torch.Tensor,
-        *,
-        condition_video_input_mask_B1THW: torch.Tensor,
-        condition_video_pose_BCTHW: torch.Tensor,
-        padding_mask_B1HW: torch.Tensor,
-        fps: float | None = None,
-    ) -> torch.Tensor: ...
 
 
 def make_cp_forward(
@@ -62,8 +47,6 @@ def make_cp_forward(
     wrap: Callable[[AttentionOp], AttentionOp] = wrap_attention or (lambda op: op)
     if layout.cp == 1:
         return bind_forward(model, wrap(local_attn))
-    if layout.groups is None:
-        raise ValueError(f"make_cp_forward needs a layout with process groups for {layout.describe()}")
     bind_attention = attention_factory(layout, model_cfg=model.cfg, counter=counter, local_attn=local_attn)
 
     @functools.lru_cache(maxsize=1)

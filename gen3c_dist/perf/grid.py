@@ -24,6 +24,7 @@ from typing import Any
 
 from gen3c_dist.config import ParallelConfig, model_preset
 from gen3c_dist.parallel.layout import ParallelLayout, plan_layout
+from gen3c_dist.sampling.guidance import runs_both_passes
 
 LAYOUTS = ("single", "ulysses", "ring", "hybrid", "cfg", "cfg+ulysses", "cfg+ring", "cfg+hybrid")
 # Set by the sweep itself from the grid axes; an override naming one of them is a mistake.
@@ -81,9 +82,9 @@ def split_override(text: str) -> tuple[str, str]:
 
 
 def guidance_runs_both(overrides: dict[str, str]) -> bool:
-    """False only for the non-official policy at guidance 1, which skips the unconditional pass."""
-    policy = overrides.get("sampler.guidance_policy", "official")
-    return policy == "official" or float(overrides.get("sampler.guidance", 1.0)) != 1.0
+    """The guidance rule (:func:`gen3c_dist.sampling.guidance.runs_both_passes`) for a run's overrides."""
+    return runs_both_passes(overrides.get("sampler.guidance_policy", "official"),
+                            float(overrides.get("sampler.guidance", 1.0)))
 
 
 def _as_value(value: Any) -> str:

@@ -7,15 +7,14 @@ go through the background writer, so the next chunk starts at once. A rerun with
 settings resumes from the last complete chunk. Every random draw is seeded by (seed, chunk), so a resumed run
 gives the same result as an uninterrupted one.
 
-Denoising runs on every rank of the replica: the cond and uncond passes one after the other
-(:func:`gen3c_dist.sampling.guidance.serial_guided_fn`) or on the two halves of a cfg-parallel replica.
+Denoising runs on every rank of the replica: the cond and uncond passes one after the other, or on the two halves
+of a cfg-parallel replica (:func:`gen3c_dist.sampling.guidance.guided_fn`, with the replica's cfg split).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -28,7 +27,8 @@ import torch
 from gen3c_dist.conditioning.image_source import ImageCacheSource
 from gen3c_dist.conditioning.video_conditioner import ChunkConditioning, VideoConditioner
 from gen3c_dist.config import RunConfig, SamplerConfig
-from gen3c_dist.parallel.cfg_parallel import cfg_parallel_guided_fn
+from gen3c_dist.model.inputs import DiTInputs, ForwardFn
+from gen3c_dist.parallel.cfg_parallel import split_for
 from gen3c_dist.runner.background import BackgroundWriter
 from gen3c_dist.runner.chunks import ChunkSteps, chunk_steps
 from gen3c_dist.runner.jobs import VideoJob
@@ -38,12 +38,11 @@ from gen3c_dist.runner.replica import Replica
 from gen3c_dist.runner.resume import PartialState
 from gen3c_dist.runner.timing import StageTimer
 from gen3c_dist.sampling import edm
-from gen3c_dist.sampling.guidance import BranchInputs, ForwardFn, SharedInputs, serial_guided_fn
-from gen3c_dist.sampling.loop import FrameCondition, GuidedFn, StepObserver, augment_noise, initial_noise, sample
+from gen3c_dist.sampling.guidance import CfgSplit, guided_fn
+from gen3c_dist.sampling.loop import FrameCondition, StepObserver, augment_noise, initial_noise, sample
 from gen3c_dist.shapes import num_chunks
 
 logger = logging.getLogger(__name__)
-GuidedFnBuilder = Callable[..., GuidedFn]  # (forward_fn, *, cond, uncond, shared, guidance, policy) -> GuidedFn
 
 
 @dataclasses.dataclass
@@ -55,22 +54,22 @@ class VideoRun:
 
 
 # ---- one chunk's denoising (spec sections 4.3-4.5) ------------------------------------------------------------
-def branch_inputs(cond: ChunkConditioning) -> tuple[BranchInputs, BranchInputs]:
-    """The uncond pass sees the negative prompt and zeroed warp latents (spec 4.5, fact 1)."""
-    return BranchInputs(cond.text_cond, cond.pose), BranchInputs(cond.text_uncond, torch.zeros_like(cond.pose))
-
-
-def shared_inputs(latent_shape: tuple[int, ...], *, fps: float, dtype: torch.dtype, device: torch.device) -> SharedInputs:
-    B, _, T, H, W = latent_shape
+def dit_inputs(cond: ChunkConditioning, *, fps: float, dtype: torch.dtype,
+               device: torch.device) -> tuple[DiTInputs, DiTInputs]:
+    """The cond and uncond passes' inputs: the uncond pass sees the negative prompt and zeroed warp latents, the
+    same condition mask (latent frame 0) and the all-zero padding mask (spec 2.2, 4.4, 4.5, fact 1)."""
+    B, _, T, H, W = cond.gt_latent.shape
     input_mask = torch.zeros(B, 1, T, H, W, dtype=dtype, device=device)
-    input_mask[:, :, 0] = 1  # latent frame 0 is the condition frame, in both passes (spec 4.4)
-    padding_mask = torch.zeros(B, 1, H, W, dtype=dtype, device=device)  # all zeros in GEN3C (spec 2.2)
-    return SharedInputs(input_mask, padding_mask, float(fps))
+    input_mask[:, :, 0] = 1
+    padding_mask = torch.zeros(B, 1, H, W, dtype=dtype, device=device)
+    cond_inputs = DiTInputs(cond.text_cond, input_mask, cond.pose, padding_mask, float(fps))
+    uncond_inputs = DiTInputs(cond.text_uncond, input_mask, torch.zeros_like(cond.pose), padding_mask, float(fps))
+    return cond_inputs, uncond_inputs
 
 
-def denoise_chunk(forward_fn: ForwardFn, cond: ChunkConditioning, *, guided_fn_builder: GuidedFnBuilder,
-                  sampler: SamplerConfig, seed: int, chunk_index: int, fps: float, dtype: torch.dtype,
-                  device: torch.device, observer: Optional[StepObserver] = None) -> torch.Tensor:
+def denoise_chunk(forward_fn: ForwardFn, cond: ChunkConditioning, *, split: Optional[CfgSplit], sampler: SamplerConfig,
+                  seed: int, chunk_index: int, fps: float, dtype: torch.dtype, device: torch.device,
+                  observer: Optional[StepObserver] = None) -> torch.Tensor:
     """The clean latent [1, 16, T, H, W] of one chunk, identical on every rank of the replica."""
     shape = tuple(cond.gt_latent.shape)
     sigmas = edm.karras_sigmas(sampler.steps, sigma_min=sampler.sigma_min, sigma_max=sampler.sigma_max).to(device)
@@ -82,18 +81,11 @@ def denoise_chunk(forward_fn: ForwardFn, cond: ChunkConditioning, *, guided_fn_b
         num_frames=1,
         augment_sigma=sampler.condition_augment_sigma,
     )
-    cond_branch, uncond_branch = branch_inputs(cond)
-    guided = guided_fn_builder(forward_fn, cond=cond_branch, uncond=uncond_branch,
-                               shared=shared_inputs(shape, fps=fps, dtype=dtype, device=device),
-                               guidance=sampler.guidance, policy=sampler.guidance_policy)
+    cond_inputs, uncond_inputs = dit_inputs(cond, fps=fps, dtype=dtype, device=device)
+    guided = guided_fn(forward_fn, cond=cond_inputs, uncond=uncond_inputs, guidance=sampler.guidance,
+                       policy=sampler.guidance_policy, split=split)
     return sample(guided, x_init=x_init, sigmas=sigmas, condition=condition, model_dtype=dtype,
                   sigma_data=sampler.sigma_data, observer=observer)
-
-
-def guided_fn_builder(replica: Replica) -> GuidedFnBuilder:
-    if replica.layout.cfg == 1:
-        return serial_guided_fn
-    return functools.partial(cfg_parallel_guided_fn, layout=replica.layout, counter=replica.counter)
 
 
 # ---- the chunk loop ---------------------------------------------------------------------------------------------
@@ -161,7 +153,8 @@ def generate_video(job: VideoJob, *, cfg: RunConfig, replica: Replica, models: L
             if on_step is not None:
                 on_step(k, step)
 
-        latent = denoise_chunk(forward_fn, cond, guided_fn_builder=guided_fn_builder(replica), sampler=cfg.sampler,
+        latent = denoise_chunk(forward_fn, cond, split=split_for(replica.layout, counter=replica.counter),
+                               sampler=cfg.sampler,
                                seed=job.input.seed, chunk_index=k, fps=job.input.fps, dtype=settings.dtype,
                                device=settings.device, observer=observe)
         frames = steps.decode(latent)  # [121, H, W, 3] on the lead

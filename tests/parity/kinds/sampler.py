@@ -7,7 +7,8 @@ import torch
 from gen3c_dist.config import ModelConfig
 from gen3c_dist.model.weights import load_dit
 from gen3c_dist.sampling import edm
-from gen3c_dist.sampling.guidance import BranchInputs, SharedInputs, combine, run_branch
+from gen3c_dist.model.inputs import DiTInputs
+from gen3c_dist.sampling.guidance import combine, run_pass
 from gen3c_dist.sampling.loop import FrameCondition, sample
 
 
@@ -19,14 +20,15 @@ def run_case(case) -> dict[str, torch.Tensor]:
     inputs = case.inputs
     n = int(inputs["num_steps"])
     sigmas = edm.karras_sigmas(n)
-    shared = SharedInputs(t["condition_video_input_mask"], t["padding_mask"], float(inputs["fps"]))
-    cond = BranchInputs(t["crossattn_emb"], t["condition_video_pose"])
-    uncond = BranchInputs(t["neg_crossattn_emb"], torch.zeros_like(t["condition_video_pose"]))
+    cond = DiTInputs(t["crossattn_emb"], t["condition_video_input_mask"], t["condition_video_pose"], t["padding_mask"],
+                     float(inputs["fps"]))
+    uncond = DiTInputs(t["neg_crossattn_emb"], t["condition_video_input_mask"], torch.zeros_like(t["condition_video_pose"]),
+                       t["padding_mask"], float(inputs["fps"]))
     trace: dict[str, list[torch.Tensor]] = {k: [] for k in ("x", "x_in", "net_input", "net_cond", "net_uncond", "model_output")}
 
     def guided(x_scaled: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        f_cond = run_branch(model, x_scaled, timestep, cond, shared)
-        f_uncond = run_branch(model, x_scaled, timestep, uncond, shared)
+        f_cond = run_pass(model, x_scaled, timestep, cond)
+        f_uncond = run_pass(model, x_scaled, timestep, uncond)
         trace["net_cond"].append(f_cond)
         trace["net_uncond"].append(f_uncond)
         return combine(f_cond, f_uncond, float(inputs["guidance"]))
