@@ -319,7 +319,7 @@ class TrajectoryConfig:
 class CacheConfig:
     filter_points_threshold: float = 0.05  # >= 1 disables the depth-edge filter (spec 7.4)
     foreground_masking: bool = False  # drop warped depth-edge points; video: any length (official: 121 frames only)
-    noise_aug_strength: float = 0.0
+    noise_aug_strength: float = 0.0  # image jobs: warp noise, most on the newest buffer (4D, key-frame caches: none)
     # Depth of each generated frame fed back into the cache: "moge" (official, aligned to the cache) or
     # "cache_render" (the cache's own depth rendered at that camera, no depth model). The second exists for
     # random-weight runs (demo, tests), whose frames carry no geometry a depth model could recover.

@@ -63,6 +63,17 @@ def max_relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / a.abs().max()).item()
 
 
+def assert_latents_match(single: dict[str, torch.Tensor], multi: dict[str, torch.Tensor], label: str) -> None:
+    """Chunk 0 within 1e-5 relative. Later chunks are conditioned on the previous chunk's last decoded uint8
+    frame: an fp32 rounding difference (ring attention, the sequence-parallel decode) can flip a rare value by
+    one level there, so they get the image-mode tests' bound of 1e-2 (tests/test_runner.py)."""
+    assert set(multi) == set(single)
+    for chunk in sorted(single, key=lambda name: int(name[len("chunk"):])):
+        difference = max_relative_difference(single[chunk], multi[chunk])
+        print(f"{label} {chunk}: max relative latent difference {difference:.3e}")
+        assert difference < (1e-5 if chunk == "chunk0" else 1e-2), (label, chunk, difference)
+
+
 @dataclasses.dataclass
 class SpiedChunk:
     """What the conditioner handed to the tokenizer for one chunk (on the lead)."""
@@ -99,10 +110,16 @@ def crash_on_chunk(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
 
 
 def assert_one_line_refusal(result, message: str, *, ranks: int = 1) -> None:
-    """Exit 2, one error line per rank with the message, no traceback, and nothing after validation (no layout
-    line, no random-weights warning: no model was loaded)."""
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
+    """Exit 2 on every rank, one error line per rank with the message, no traceback from the runner, and nothing
+    after validation (no layout line, no random-weights warning: no model was loaded).
+
+    Under torchrun the launcher itself exits 1 and prints its own summary (with its own traceback), naming each
+    rank's exit code."""
+    if ranks == 1:
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    else:
+        assert result.returncode != 0 and result.stderr.count("exitcode  : 2") >= 1, result.stderr[-3000:]
+        assert "gen3c_dist/" not in "".join(line for line in result.stderr.splitlines() if line.startswith("  File"))
     assert "layout: world" not in result.stderr and "RANDOM weights" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == ranks and all(message in line for line in errors), result.stderr[-3000:]
