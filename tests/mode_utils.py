@@ -8,6 +8,7 @@ formats are not resized), 241 frames long so that one source serves 121- and 241
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +43,22 @@ def write_multiview_npz(path: Path, arrays: Optional[dict[str, np.ndarray]] = No
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **(multiview_arrays() if arrays is None else arrays))
     return path
+
+
+def write_key_frame_folder(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """The key frames of ``arrays`` as a folder: PNG images, .npy depth, cameras.json with w2c and K matrices."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True)
+    frames = []
+    for i, image_3HW in enumerate(arrays["images_key_frames"]):
+        rgb_HW3 = np.round((image_3HW.transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)  # exact: u8 / 127.5 - 1
+        Image.fromarray(rgb_HW3).save(folder / "images" / f"{i:03d}.png")
+        np.save(folder / f"depth{i:03d}.npy", arrays["depth_key_frames"][i, 0])
+        frames.append({"image": f"images/{i:03d}.png", "depth": f"depth{i:03d}.npy",
+                       "w2c": arrays["w2cs_key_frames"][i].tolist(), "K": arrays["K_key_frames"][i].tolist()})
+    (folder / "cameras.json").write_text(json.dumps({"frames": frames}))
+    return folder
 
 
 def video_args(source: Path) -> list[str]:

@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from gen3c_dist.conditioning.multiview_inputs import load_multiview
+from gen3c_dist.errors import InputError
 from gen3c_dist.runner.session import run_session
 from tests.mode_utils import (HEIGHT, WIDTH, assert_latents_match, assert_one_line_refusal, cli_latents,
                               crash_on_chunk, max_relative_difference, multiview_args, multiview_arrays, spy_on_chunks,
-                              video_args, write_multiview_npz)
+                              video_args, write_key_frame_folder, write_multiview_npz)
 from tests.runner_utils import FAST_DEMO, compose, run_cli
 
 
@@ -86,6 +87,21 @@ def test_two_key_views_skip_the_ranking_and_a_trajectory_file_replaces_w2cs_all(
     assert torch.equal(loaded.path.w2cs_F44, torch.from_numpy(reversed_w2cs))
     selection = cache.select(*cache.render_all(*loaded.path.chunk(0)))
     assert selection.scores_BN is None and selection.indices_BK[0].tolist() == [0, 1]  # no ranking: key order
+    assert torch.equal(seen[0].warps, renders[0][0]) and torch.equal(seen[0].masks, renders[0][1])
+
+
+def test_a_key_frame_folder_with_a_trajectory_file(tmp_path: Path, monkeypatch):
+    arrays = multiview_arrays(121)
+    folder = write_key_frame_folder(tmp_path / "scene", arrays)
+    np.savez(tmp_path / "path.npz", w2c=arrays["w2cs_all"], intrinsics=arrays["K_key_frames"][-1])
+    with pytest.raises(InputError, match="give the target path as a trajectory file"):
+        run_session(multiview_config(tmp_path / "out", folder))
+    seen = spy_on_chunks(monkeypatch)
+    assert run_session(multiview_config(tmp_path / "out", folder, f"trajectory.file={tmp_path / 'path.npz'}")) == 0
+    loaded, _, renders = expected_renders(folder, num_frames=121, trajectory_file=tmp_path / "path.npz")
+    # The same pixels (u8 / 127.5 - 1, rounded once to float32 here, in two steps by the demo scene).
+    assert torch.allclose(loaded.key_frames.images_N3HW, torch.from_numpy(arrays["images_key_frames"]), rtol=0,
+                          atol=1e-7)
     assert torch.equal(seen[0].warps, renders[0][0]) and torch.equal(seen[0].masks, renders[0][1])
 
 
