@@ -15,7 +15,8 @@ from gen3c_dist.conditioning.video_inputs import VideoSourceSpec, load_video_sou
 from gen3c_dist.config import CacheConfig, GeneratedFrameDepth, InputConfig, TrajectoryConfig
 from gen3c_dist.geometry.cache4d import Cache4D
 from gen3c_dist.geometry.camera import generate_video_trajectory
-from gen3c_dist.runner.jobs import VideoJob
+from gen3c_dist.errors import InputError
+from gen3c_dist.runner.jobs import VideoJob, parse_batch_line
 from gen3c_dist.runner.models import needs_moge
 from gen3c_dist.runner.session import run_session
 from tests.mode_utils import (HEIGHT, LONG, WIDTH, assert_latents_match, assert_one_line_refusal, cli_latents,
@@ -119,6 +120,19 @@ def test_vipe_source_with_start_frame_mask_and_a_trajectory_file_without_intrins
     assert float(video.mask_T1HW.mean()) < 1.0
     with pytest.raises(ValueError, match="zero, negative or non-finite depth where the mask is on"):
         load_video_source(VideoSourceSpec(str(root), HEIGHT, WIDTH, 121, format="vipe", start_frame=30))
+
+
+def test_batch_lines_take_the_video_keys_and_replace_the_presets_input():
+    cfg = compose("demo", [])  # an image preset with input.depth set
+    line = {"video": "clip/", "video_format": "vipe", "start_frame": 4, "vipe_read_mask": True}
+    job = parse_batch_line(0, json.dumps(line), cfg)
+    assert (job.input.video, job.input.image, job.input.depth) == ("clip/", None, None)
+    assert (job.input.video_format, job.input.start_frame, job.input.vipe_read_mask) == ("vipe", 4, True)
+    assert parse_batch_line(1, '{"seed": 3}', cfg).input.image == cfg.input.image  # no input: the config's
+    for bad, message in [({"video": "c", "vipe_read_mask": 1}, "'vipe_read_mask' must be bool, got int 1"),
+                         ({"video": "c", "start_frame": True}, "'start_frame' must be int, got bool True")]:
+        with pytest.raises(InputError, match=message):
+            parse_batch_line(2, json.dumps(bad), cfg)
 
 
 def test_video_and_multiview_jobs_never_need_moge():

@@ -72,9 +72,11 @@ def unset_other_modes(mode: InputMode) -> dict[str, object]:
 def check_mode_keys(inputs: InputConfig, mode: InputMode) -> None:
     """Refuse a key that only another mode reads (``input.depth`` on a video job, ``input.start_frame`` on an image)."""
     for key, (owner, unused) in _MODE_ONLY_KEYS.items():
-        if owner != mode and getattr(inputs, key) != unused:
-            raise InputError(f"input.{key}={getattr(inputs, key)!r} applies to {owner} jobs only, but this job is "
-                             f"{mode} (input.{SOURCE_KEYS[mode]}); leave it unset")
+        value = getattr(inputs, key)
+        if owner != mode and value != unused:
+            shown = str(value) if isinstance(value, Choice) else repr(value)
+            raise InputError(f"input.{key}={shown} applies to {owner} jobs only, but this job is {mode} "
+                             f"(input.{SOURCE_KEYS[mode]}); leave it unset")
 
 
 def cache_source_for(inputs: InputConfig, trajectory: TrajectoryConfig, cache_cfg: CacheConfig, *,
