@@ -19,7 +19,9 @@ USAGE = """\
 usage: python -m gen3c_dist.run [--config-name NAME] [key=value ...]
        torchrun --nproc_per_node=N -m gen3c_dist.run [key=value ...]
 
-Config names (conf/): gen3c_7b (default; real checkpoints), demo (tiny random model, shipped scene, CPU).
+Config names (conf/): gen3c_7b (default; real checkpoints), and on a CPU with the tiny random model: demo
+(image to video, shipped scene), demo_video (video to video, shipped clip), demo_multiview (four key views).
+Modes: set exactly one of input.image (image to video), input.video (video to video), input.key_frames (multi-view).
 Model presets (model=NAME): {presets}.
 Values with spaces or non-ASCII characters need quotes inside the argument: input.image="'my photo.png'".
 Hydra's own flags: --hydra-help, --cfg job (print the resolved config), --resolve.

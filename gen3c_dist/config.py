@@ -84,6 +84,15 @@ class CameraRotation(Choice):
     trajectory_aligned = "trajectory_aligned"
 
 
+class VideoFormat(Choice):
+    """How ``input.video`` is read (gen3c_dist.conditioning.video_inputs)."""
+
+    auto = "auto"  # told apart by the files: a .pt, a folder with rgb.mp4, or a ViPE folder with rgb/
+    directory = "directory"  # official gen3c_dynamic.py folder: rgb.mp4, depth.npz, mask.npz, camera.npz
+    pt = "pt"  # official .pt of 5 tensors: image, depth, mask, w2c, intrinsics
+    vipe = "vipe"  # a ViPE result folder (rgb/, depth/ EXR zips, pose/, intrinsics/), or rgb/<name>.mp4 in one
+
+
 class TokenizerBackend(Choice):
     native = "native"  # this repo's network, loaded from the TorchScript weights
     torchscript = "torchscript"  # run encoder.jit / decoder.jit as they are
@@ -273,15 +282,24 @@ class ParallelConfig:
 
 @dataclass
 class InputConfig:
-    """One video to generate (a batch JSONL line overrides these per line)."""
+    """One video to generate (a batch JSONL line overrides these per line).
 
-    image: Optional[str] = None  # input image (PNG/JPEG); required
-    depth: Optional[str] = None  # depth file (.npz/.npy/16-bit .png) used instead of MoGe for the input image
-    depth_png_scale: Optional[float] = None  # depth units per PNG value; required for a 16-bit depth PNG
+    Exactly one of ``image`` (image to video), ``video`` (video to video) and ``key_frames`` (multi-view) is set;
+    it chooses the job's mode (gen3c_dist.conditioning.sources).
+    """
+
+    image: Optional[str] = None  # image to video: the input image (PNG/JPEG); one of image / video / key_frames
+    depth: Optional[str] = None  # image: depth file (.npz/.npy/16-bit .png) used instead of MoGe for the input image
+    depth_png_scale: Optional[float] = None  # image: depth units per PNG value; required for a 16-bit depth PNG
+    video: Optional[str] = None  # video to video: folder (rgb.mp4 + npz), .pt, ViPE folder or its rgb/<name>.mp4
+    video_format: VideoFormat = VideoFormat.auto  # video: how input.video is read; auto: from its files
+    start_frame: int = 0  # video: first source frame used; frames [start_frame, start_frame + num_frames) are re-shot
+    vipe_read_mask: bool = False  # video, ViPE only: keep only the points under mask/<name>.zip (official: all points)
+    key_frames: Optional[str] = None  # multi-view: the official npz (images_key_frames, ...) or a cameras.json folder
     prompt: str = ""
     negative_prompt: Optional[str] = None  # None: the official default negative prompt (spec 4.6)
     num_frames: int = 121  # 120K + 1 (121, 241, 361, ...); chunks of 121 frames overlap by one
-    height: int = 704
+    height: int = 704  # video directory/.pt and multi-view inputs are not resized: they must be height x width
     width: int = 1280
     fps: int = 24  # output fps; also rescales the temporal RoPE (spec 2.5)
     seed: int = 1
@@ -289,18 +307,21 @@ class InputConfig:
 
 @dataclass
 class TrajectoryConfig:
-    type: TrajectoryType = TrajectoryType.left
+    """The target camera path. Image: a built-in path from the input camera. Video: the built-in offsets composed
+    per frame onto the source cameras (L_i @ w2c_i). Multi-view: the npz's w2cs_all (type/rotation unused)."""
+
+    type: TrajectoryType = TrajectoryType.left  # built-in path (image and video jobs)
     rotation: CameraRotation = CameraRotation.center_facing
     distance: float = 0.3  # movement_distance
     center_depth: float = 1.0  # fixed in the official script (spec 7.7, quirk 3)
-    file: Optional[str] = None  # JSON/npz of per-frame w2c [N,4,4] and intrinsics; replaces type/rotation
+    file: Optional[str] = None  # JSON/npz of w2c [N,4,4] + K; replaces type/rotation, w2cs_all; video: K optional
 
 
 @dataclass
 class CacheConfig:
     filter_points_threshold: float = 0.05  # >= 1 disables the depth-edge filter (spec 7.4)
-    foreground_masking: bool = False
-    noise_aug_strength: float = 0.0
+    foreground_masking: bool = False  # drop warped depth-edge points; video: any length (official: 121 frames only)
+    noise_aug_strength: float = 0.0  # image jobs: warp noise, most on the newest buffer (4D, key-frame caches: none)
     # Depth of each generated frame fed back into the cache: "moge" (official, aligned to the cache) or
     # "cache_render" (the cache's own depth rendered at that camera, no depth model). The second exists for
     # random-weight runs (demo, tests), whose frames carry no geometry a depth model could recover.
@@ -342,7 +363,7 @@ class OutputConfig:
 
 @dataclass
 class BatchConfig:
-    jsonl: Optional[str] = None  # one JSON object per line: image, prompt, trajectory, distance, frames, seed, name
+    jsonl: Optional[str] = None  # one JSON object per line: image / video / key_frames, prompt, trajectory, frames, seed, name, ...
     shard_index: int = 0  # this job's share of the lines: index % num_shards == shard_index
     num_shards: int = 1
 

@@ -11,6 +11,9 @@ working; the distinction the entry point draws is ``InputError`` versus everythi
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 
 class InputError(ValueError):
     """A bad input: the message names the input (config key, file, batch line) and what is wrong with it."""
@@ -21,3 +24,19 @@ class SharedInputError(InputError):
 
     No rank is left waiting in a collective, so the fault guard lets it pass without the failure protocol.
     """
+
+
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+    """Re-raise a ``ValueError`` of the block as an :class:`InputError` with the same message.
+
+    For loaders of user files that raise ``ValueError`` with one line naming the file and the problem (the
+    video and multi-view inputs): at the runner's boundary that line is an input error, printed without a
+    traceback. Any other exception passes unchanged.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from None

@@ -1,7 +1,10 @@
 """Entry point: ``python -m gen3c_dist.run`` / ``torchrun --nproc_per_node=8 -m gen3c_dist.run``.
 
     python -m gen3c_dist.run --config-name demo                      # tiny random model, synthetic scene, CPU
+    python -m gen3c_dist.run --config-name demo_video                # the same, video to video (demo_multiview too)
     python -m gen3c_dist.run input.image=photo.png trajectory.type=zoom_in trajectory.distance=0.5
+    python -m gen3c_dist.run input.video=clip_folder/ trajectory.type=left   # video to video (or a .pt, a ViPE folder)
+    python -m gen3c_dist.run input.key_frames=scene.npz input.num_frames=361  # multi-view, path from w2cs_all
     torchrun --nproc_per_node=8 -m gen3c_dist.run input.image=photo.png   # the layout is chosen for you
     python -m gen3c_dist.run --cfg job                               # print the resolved config
     python -m gen3c_dist.run --help                                  # every key, its default and its choices

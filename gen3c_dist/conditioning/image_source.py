@@ -129,6 +129,13 @@ class ImageCacheSource:
         frames = chunk_frames(chunk_index)
         return self.w2cs_N44[frames][None].to(self.cache.device), self.Ks_N33[frames][None].to(self.cache.device)
 
+    def render_start(self, chunk_index: int) -> int:
+        return 0  # the buffers serve every target frame
+
+    def preview_buffers(self, num_chunks: int) -> int:
+        """Chunk 0 renders the input image alone, later chunks fill the cache (the official padding width)."""
+        return min(num_chunks, self.frame_buffer_max)
+
     def first_frame(self, dtype: torch.dtype) -> torch.Tensor:
         """Chunk 0's condition frame [1, 3, 1, H, W]: the image through the official imageio path (spec 5.3)."""
         inp = self.inputs

@@ -90,8 +90,17 @@ class CacheSource(Protocol):
     def chunk_cameras(self, chunk_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """w2c [1, 121, 4, 4] and K [1, 121, 3, 3] of the chunk, on the cache's device."""
 
+    def render_start(self, chunk_index: int) -> int:
+        """The source frame the chunk's render starts from: ``120k`` for a video's 4D cache (target frame i warps
+        source frame 120k + i), 0 for caches whose buffers serve every target frame (image, key frames)."""
+
+    def preview_buffers(self, num_chunks: int) -> int:
+        """Buffers of the widest chunk render of a ``num_chunks`` video: the width of the cache preview."""
+
     def first_frame(self, dtype: torch.dtype) -> torch.Tensor:
-        """Chunk 0's condition frame [1, 3, 1, H, W] in [-1, 1]."""
+        """Chunk 0's condition frame [1, 3, 1, H, W] in [-1, 1], in the dtype the official code feeds the encoder:
+        ``dtype`` (the tokenizer's) for an image read from a file; float32 for a tensor (a video's frame 0, key
+        frame 0), as for the decoded frame of a later chunk."""
 
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 
@@ -157,10 +166,18 @@ class VideoConditioner:
         videos = [condition_video(frame_B31HW, CHUNK_FRAMES)] + warp_videos(warps, masks, dtype)
         return ChunkInputs(videos=videos, text_cond=text_cond, text_uncond=text_uncond)
 
+    def render(self, chunk_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's cache render on this rank alone: warps [1, F, n_buf, 3, H, W], masks [1, F, n_buf, 1, H, W]."""
+        w2cs_1F44, Ks_1F33 = self.chunk_cameras(chunk_index)
+        start = self.source.render_start(chunk_index)
+        if start == 0:
+            return self.source.cache.render(w2cs_1F44, Ks_1F33)
+        return self.source.cache.render(w2cs_1F44, Ks_1F33, start_frame_idx=start)  # a 4D cache's later chunks
+
     def prepare(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkInputs:
         """Cache update and render, text: everything of a chunk up to the tokenizer, on this rank alone."""
         self.advance(chunk_index, last_frame_HW3)
-        warps, masks = self.source.cache.render(*self.chunk_cameras(chunk_index))
+        warps, masks = self.render(chunk_index)
         return self.tokenizer_inputs(chunk_index, warps, masks, last_frame_HW3)
 
     def encode(self, inputs: ChunkInputs) -> ChunkConditioning:

@@ -218,6 +218,10 @@ def _resolve(spec: VideoSourceSpec) -> str:
     if spec.vipe_read_mask and fmt != "vipe":
         raise ValueError(f"vipe_read_mask: applies to ViPE folders only, but {spec.path} is a {fmt} source "
                          "(its mask is always read)")
+    if fmt == "directory" and not Path(spec.path).is_dir():
+        raise ValueError(f"video source {spec.path}: the directory format needs a folder")
+    if fmt == "pt" and not Path(spec.path).is_file():
+        raise ValueError(f"video source {spec.path}: the .pt format needs a file")
     return fmt
 
 
@@ -253,8 +257,6 @@ def check_video_source(spec: VideoSourceSpec) -> VideoSourceInfo:
         return VideoSourceInfo(fmt, found.clip.mp4, found.source_frames, found.frame_indices)
     if fmt == "pt":
         return _check_loaded(spec, fmt, path, _read_pt(path))
-    if not path.is_dir():
-        raise ValueError(f"video source {path}: the directory format needs a folder")
     names, arrays = _directory_names(path), _read_directory_arrays(path)
     info = mp4_info(names["image"])
     _validate_arrays(names, info.num_frames, (info.height, info.width), arrays["depth"], arrays["mask"],
@@ -286,10 +288,6 @@ def load_video_source(spec: VideoSourceSpec) -> SourceVideo:
         )
         return source_video_from_arrays(*arrays)
     path = Path(spec.path)
-    if fmt == "directory" and not path.is_dir():
-        raise ValueError(f"video source {path}: the directory format needs a folder")
-    if fmt == "pt" and not path.is_file():
-        raise ValueError(f"video source {path}: the .pt format needs a file")
     loaded = load_dynamic_inputs(path)
     info = _check_loaded(spec, fmt, path, loaded)
     return source_video_from_arrays(*loaded, frame_indices=info.frame_indices)

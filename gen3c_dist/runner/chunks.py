@@ -34,6 +34,8 @@ from gen3c_dist.runner.replica import Replica
 from gen3c_dist.runner.timing import StageTimer
 from gen3c_dist.shapes import CHUNK_FRAMES
 
+CONDITION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what a chunk's condition video can be in
+
 
 class ChunkSteps(Protocol):
     """How the replica conditions and decodes a chunk; called on every rank of the replica, in the same order."""
@@ -90,13 +92,11 @@ class GroupChunkSteps(_Steps):
     holds the tokenizer.
     """
 
-    def _encode_specs(self, chunk_index: int, buffers: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
-        """Shapes and dtypes of the chunk's encode inputs, known on every rank from the config and ``buffers``."""
+    def _encode_specs(self, first_dtype: torch.dtype, buffers: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """Shapes and dtypes of the chunk's encode inputs, known on every rank from the config and what the lead
+        shared: the condition video's dtype and ``buffers``."""
         shape = (1, 3, CHUNK_FRAMES, self.cfg.input.height, self.cfg.input.width)
-        # Chunk 0's frame comes from the source in the tokenizer dtype; later ones are float32 (spec 1.6).
-        tokenizer = self.models.tokenizer
-        first = tokenizer.dtype if chunk_index == 0 else torch.float32
-        return [(shape, first)] + [(shape, tokenizer.dtype)] * (2 * buffers)
+        return [(shape, first_dtype)] + [(shape, self.models.tokenizer.dtype)] * (2 * buffers)
 
     def condition(self, chunk_index: int, last_frame_HW3: Optional[torch.Tensor]) -> ChunkConditioning:
         inputs = self._prepare(chunk_index, last_frame_HW3)
@@ -104,8 +104,12 @@ class GroupChunkSteps(_Steps):
         with self.timer.stage("encode"):
             videos = None if inputs is None else inputs.videos
             buffers = self.replica.share_int(None if videos is None else (len(videos) - 1) // 2)
+            # The condition frame's dtype depends on the job and the chunk (CacheSource.first_frame): an image is
+            # in the tokenizer dtype, a source tensor or a decoded frame float32 (spec 1.6).
+            first = CONDITION_DTYPES[self.replica.share_int(
+                None if videos is None else CONDITION_DTYPES.index(videos[0].dtype))]
             with self.models.placement.use_tokenizer(self.models.tokenizer, "encoder") as tokenizer:
-                latents = encode_distributed(tokenizer, videos, self._encode_specs(chunk_index, buffers),
+                latents = encode_distributed(tokenizer, videos, self._encode_specs(first, buffers),
                                              group=self.replica.group, src=self.src, counter=counter)
         with self.timer.stage("broadcast"):
             text = None if inputs is None else {"text_cond": inputs.text_cond, "text_uncond": inputs.text_uncond}
@@ -119,15 +123,17 @@ class GroupChunkSteps(_Steps):
         """The lead advances its cache; the replica renders the chunk's cameras together; the lead builds the inputs."""
         conditioner = self.conditioner
         cache = w2cs_1F44 = Ks_1F33 = None
+        start = 0  # read on the lead only
         if conditioner is not None:
             with self.timer.stage("conditioning"):
                 conditioner.advance(chunk_index, last_frame_HW3)
                 cache = conditioner.source.cache
                 w2cs_1F44, Ks_1F33 = conditioner.chunk_cameras(chunk_index)
+                start = conditioner.source.render_start(chunk_index)
         with self.timer.stage("render"):
             warps, masks = render_distributed(cache, w2cs_1F44, Ks_1F33, group=self.replica.group, src=self.src,
                                               device=self.device if cache is None else cache.device,
-                                              counter=self.replica.tokenizer_counter)
+                                              counter=self.replica.tokenizer_counter, start_frame_idx=start)
         if conditioner is None:
             return None
         with self.timer.stage("conditioning"):

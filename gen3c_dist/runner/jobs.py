@@ -1,7 +1,9 @@
 """The videos a run makes: one from the config, or one per line of a batch JSONL, each validated up front.
 
-Validation here is cheap (file headers, numbers, names) and runs identically on every rank before any model
-loads, so every rank reports the same message. A bad batch line is reported and skipped; the others run.
+Validation here is cheap (file headers, numbers, names, the small arrays of a video's npz or a multi-view input)
+and runs identically on every rank before any model loads, so every rank reports the same message. A bad batch
+line is reported and skipped; the others run. Each job is one of three modes (image, video, multi-view), chosen
+by its one source key (:func:`gen3c_dist.conditioning.sources.input_mode`); each mode has its own checks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from typing import Any, Callable
 from gen3c_dist.conditioning.depth_file import load_depth_file
 from gen3c_dist.config_checks import check_fields
 from gen3c_dist.conditioning.input_image import validate_input_image
-from gen3c_dist.config import InputConfig, RunConfig, TrajectoryConfig
+from gen3c_dist.conditioning.multiview_source import check_multiview_job
+from gen3c_dist.conditioning.sources import (SOURCE_KEYS, InputMode, check_mode_keys, input_mode, mode_of_key,
+                                             unset_other_modes)
+from gen3c_dist.conditioning.video_source import check_video_job
+from gen3c_dist.config import InputConfig, RunConfig, TrajectoryConfig, VideoFormat
 from gen3c_dist.errors import InputError
 from gen3c_dist.geometry.camera import CAMERA_ROTATIONS, TRAJECTORIES, load_trajectory_file
 from gen3c_dist.runner.outputs import resolve_output_stem
@@ -29,6 +35,11 @@ ROTATIONS = tuple(CAMERA_ROTATIONS)
 BATCH_KEYS: dict[str, tuple[str, str, tuple[type, ...]]] = {
     "image": ("input", "image", (str,)),
     "depth": ("input", "depth", (str,)),
+    "video": ("input", "video", (str,)),
+    "video_format": ("input", "video_format", (str,)),
+    "start_frame": ("input", "start_frame", (int,)),
+    "vipe_read_mask": ("input", "vipe_read_mask", (bool,)),
+    "key_frames": ("input", "key_frames", (str,)),
     "prompt": ("input", "prompt", (str,)),
     "negative_prompt": ("input", "negative_prompt", (str,)),
     "frames": ("input", "num_frames", (int,)),
@@ -63,16 +74,30 @@ def check_num_frames(n: int) -> int:
     return num_chunks(n)
 
 
+def _check_source_path(inputs: InputConfig, mode: InputMode) -> None:
+    key = SOURCE_KEYS[mode]
+    path = Path(getattr(inputs, key))
+    if mode == InputMode.image and not path.is_file():
+        raise InputError(f"input.image {path}: no such file")
+    if not path.exists():
+        raise InputError(f"input.{key} {path}: no such file or folder")
+    if mode == InputMode.video:
+        if str(inputs.video_format) not in VideoFormat.names():
+            raise InputError(f"input.video_format={str(inputs.video_format)!r} is not one of "
+                             f"{', '.join(VideoFormat.names())}")
+        if isinstance(inputs.start_frame, bool) or not isinstance(inputs.start_frame, int) or inputs.start_frame < 0:
+            raise InputError(f"input.start_frame={inputs.start_frame!r} must be an integer >= 0")
+
+
 def validate_job(job: VideoJob, *, output_dir: str, checks: list[Callable[[VideoJob], None]]) -> None:
     """Raise one ValueError naming the input and the problem."""
-    if not job.input.image:
-        raise InputError("input.image is not set: give the path of the input image")
-    if not Path(job.input.image).is_file():
-        raise InputError(f"input.image {job.input.image}: no such file")
+    mode = input_mode(job.input)
+    _check_source_path(job.input, mode)
+    check_mode_keys(job.input, mode)
     check_num_frames(job.input.num_frames)
     job.stem(output_dir)
     traj = job.trajectory
-    if traj.file is None:
+    if traj.file is None and mode != InputMode.multiview:  # a multi-view path is the npz's w2cs_all
         if traj.type not in TRAJECTORY_TYPES:
             raise InputError(f"trajectory.type={traj.type!r} is not one of {', '.join(TRAJECTORY_TYPES)}")
         if traj.rotation not in ROTATIONS:
@@ -101,10 +126,15 @@ def parse_batch_line(index: int, line: str, cfg: RunConfig) -> VideoJob:
     sections: dict[str, dict[str, Any]] = {"input": {}, "trajectory": {}, "output": {}}
     for key, value in record.items():
         section, field, types = BATCH_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
             wanted = " or ".join(t.__name__ for t in types)
             raise InputError(f"batch line {index + 1}: '{key}' must be {wanted}, got {type(value).__name__} {value!r}")
         sections[section][field] = value
+    sources = [field for field in SOURCE_KEYS.values() if field in sections["input"]]
+    if len(sources) == 1:
+        # A line's own input replaces the run config's, with the config's keys of other modes: the preset's
+        # input.image and input.depth do not follow a line with "video". Two inputs on a line are refused later.
+        sections["input"] = {**unset_other_modes(mode_of_key(sources[0])), **sections["input"]}
     job = VideoJob(
         index=index,
         name=sections["output"].get("name", str(index)),  # the official batch naming is the line index
@@ -148,25 +178,35 @@ def batch_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
 
 # ---- the checks of every job, run on every rank before any model loads ---------------------------------------
 def input_checks() -> list[Callable[[VideoJob], None]]:
-    """Per-job checks that read file headers only (cheap enough for every rank)."""
+    """Per-job checks that read file headers and small arrays only (cheap enough for every rank); each applies
+    to the modes it names."""
 
     def image(job: VideoJob) -> None:
-        validate_input_image(job.input.image)
+        if input_mode(job.input) == InputMode.image:
+            validate_input_image(job.input.image)
 
     def depth(job: VideoJob) -> None:
-        if job.input.depth is not None:
+        if job.input.depth is not None:  # image jobs only (validate_job refuses it elsewhere)
             load_depth_file(job.input.depth, png_scale=job.input.depth_png_scale)
 
     def trajectory(job: VideoJob) -> None:
-        if job.trajectory.file is not None:
+        if job.trajectory.file is not None and input_mode(job.input) == InputMode.image:  # the others check theirs
             load_trajectory_file(job.trajectory.file, num_frames=job.input.num_frames)
+
+    def video(job: VideoJob) -> None:
+        if input_mode(job.input) == InputMode.video:
+            check_video_job(job.input, job.trajectory)
+
+    def key_frames(job: VideoJob) -> None:
+        if input_mode(job.input) == InputMode.multiview:
+            check_multiview_job(job.input, job.trajectory)
 
     def size(job: VideoJob) -> None:
         if job.input.height % 16 or job.input.width % 16 or job.input.height < 16 or job.input.width < 16:
             raise InputError(f"input.height/width = {job.input.height}x{job.input.width} must be positive multiples "
                              "of 16 (tokenizer x8, patch x2)")
 
-    return [size, image, depth, trajectory]
+    return [size, image, depth, trajectory, video, key_frames]
 
 
 def collect_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from gen3c_dist.conditioning.depth import load_moge
+from gen3c_dist.conditioning.sources import InputMode, input_mode
 from gen3c_dist.conditioning.text import T5PromptEncoder, resolve_t5_dir
 from gen3c_dist.conditioning.video_conditioner import ConditioningModels
 from gen3c_dist.config import CacheConfig, GeneratedFrameDepth, RunConfig
@@ -142,9 +143,11 @@ class SessionTextEncoder:
 
 # ---- checks before anything loads -------------------------------------------------------------------------
 def needs_moge(jobs: list[VideoJob], cache: CacheConfig) -> bool:
-    """MoGe runs for an input image without a depth file, and on the last frame of every chunk but the final one."""
+    """MoGe runs for an image job: on its input image without a depth file, and on the last frame of every chunk
+    but the final one. Never for a video or multi-view job: their depth is given and their cache never updated."""
     by_moge = cache.generated_frame_depth == GeneratedFrameDepth.moge
-    return any(job.input.depth is None or (by_moge and num_chunks(job.input.num_frames) > 1) for job in jobs)
+    return any(input_mode(job.input) == InputMode.image
+               and (job.input.depth is None or (by_moge and num_chunks(job.input.num_frames) > 1)) for job in jobs)
 
 
 def preflight_checkpoints(cfg: RunConfig, jobs: list[VideoJob]) -> None:

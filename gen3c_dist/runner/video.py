@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from gen3c_dist.conditioning.image_source import ImageCacheSource
+from gen3c_dist.conditioning.sources import cache_source_for
 from gen3c_dist.conditioning.video_conditioner import ChunkConditioning, VideoConditioner
 from gen3c_dist.config import RunConfig, SamplerConfig
 from gen3c_dist.model.inputs import DiTInputs, ForwardFn
@@ -159,7 +159,7 @@ def generate_video(job: VideoJob, *, cfg: RunConfig, replica: Replica, models: L
                                device=settings.device, observer=observe)
         frames = steps.decode(latent)  # [121, H, W, 3] on the lead
         if replica.is_lead:
-            panels = min(chunks, cfg.model.frame_buffer_max)  # the official padding width (spec 1.4 step 6)
+            panels = conditioner.source.preview_buffers(chunks)  # the official padding width (spec 1.4 step 6)
             chunk = ChunkResult(frames=frames if k == 0 else frames[1:],
                                 preview=preview_panel(conditioner.last_warps[0], panels=panels, drop_first=k > 0),
                                 latent=latent.float().cpu())
@@ -179,8 +179,8 @@ def run_video(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedMod
     conditioner = None
     if replica.is_lead:
         cond_models = models.conditioning
-        source = ImageCacheSource(job.input, job.trajectory, cfg.cache, frame_buffer_max=cfg.model.frame_buffer_max,
-                                  moge=cond_models.moge, placement=cond_models.placement)
+        source = cache_source_for(job.input, job.trajectory, cfg.cache, frame_buffer_max=cfg.model.frame_buffer_max,
+                                  models=cond_models)
         conditioner = VideoConditioner(source, job.input, models=cond_models, model_cfg=cfg.model, text_cfg=cfg.text,
                                        t5_dir=cfg.checkpoints.t5_dir, dtype=replica.settings.dtype)
     steps = chunk_steps(cfg, replica, conditioner=conditioner, models=models.conditioning, timer=timer)
