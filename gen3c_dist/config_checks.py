@@ -78,6 +78,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "width": Rule(int, ge=16, multiple_of=16, why="(tokenizer x8, patch x2)"),
         "fps": Rule(int, ge=1, le=240),
         "seed": Rule(int, ge=0, le=SEED_MAX, why="(numpy seeds are 32-bit)"),
+        "start_frame": Rule(int, ge=0),
     },
     "trajectory": {"distance": POSITIVE, "center_depth": POSITIVE},
     "cache": {"filter_points_threshold": NON_NEGATIVE, "noise_aug_strength": NON_NEGATIVE},
