@@ -50,6 +50,13 @@ class PartialState:
             chunks.append(ChunkResult(tensors["frames"].numpy(), tensors["preview"].numpy(), tensors["latent"]))
         return Resumed(chunks=chunks, state=state)
 
+    def chunks_saved(self) -> int:
+        """How many chunks the state on disk counts (0 without one); reads the header only."""
+        if not self.state_file.exists():
+            return 0
+        with safe_open(str(self.state_file), framework="pt") as handle:
+            return int((handle.metadata() or {}).get("chunks_done", 0))
+
     def save(self, index: int, chunk: ChunkResult, state: dict[str, torch.Tensor]) -> None:
         """After chunk ``index`` completes: its file first, then the state that makes it count."""
         self.folder.mkdir(parents=True, exist_ok=True)

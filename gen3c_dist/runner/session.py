@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy
 import torch
@@ -26,13 +27,14 @@ from gen3c_dist.config import RunConfig
 from gen3c_dist.model.acceleration import check_speed_options
 from gen3c_dist.parallel.faults import fault_guard
 from gen3c_dist.parallel.rendezvous import exchange_summaries
+from gen3c_dist.runner.interrupt import WRITER_WAIT_S, RunInterrupted, ignore_further_interrupts, kept_line
 from gen3c_dist.runner.jobs import RejectedLine, VideoJob, collect_jobs, is_complete
 from gen3c_dist.runner.models import LoadedModels, load_models, preflight_checkpoints
 from gen3c_dist.runner.outputs import VideoOutputs, check_writable_dir, write_json
 from gen3c_dist.runner.replica import Replica, pending_chunks
 from gen3c_dist.runner.resume import PartialState
 from gen3c_dist.runner.video import VideoRun, run_video
-from gen3c_dist.shapes import dit_tokens, latent_thw
+from gen3c_dist.shapes import dit_tokens, latent_thw, num_chunks
 
 logger = logging.getLogger("gen3c_dist")
 
@@ -53,15 +55,32 @@ def run_session(cfg: RunConfig) -> int:
     setup_logging(int(os.environ.get("RANK", "0")))  # before the group exists, so layout errors carry the rank
     replica = Replica(cfg)
     setup_logging(replica.rank)
+    progress = Progress()
     try:
         # An exception on one rank is reported through the store; the others stop with a message naming it.
         with fault_guard(replica.env):
-            return _run(cfg, replica)
+            try:
+                return _run(cfg, replica, progress)
+            except KeyboardInterrupt:
+                ignore_further_interrupts()
+                writes = replica.layout is None or replica.is_lead  # the ranks that write outputs say what is kept
+                raise RunInterrupted(progress.kept() if writes else None) from None
     finally:
         replica.close()
 
 
-def _run(cfg: RunConfig, replica: Replica) -> int:
+@dataclasses.dataclass
+class Progress:
+    """What this rank's run has finished, and the video in progress: the line printed after Ctrl-C."""
+
+    complete: list[str] = dataclasses.field(default_factory=list)
+    current: Optional[tuple[str, Path, int]] = None  # (name, output stem, chunks)
+
+    def kept(self) -> str:
+        return kept_line(self.complete, self.current)
+
+
+def _run(cfg: RunConfig, replica: Replica, progress: Progress) -> int:
     jobs, rejected = replica.run_checked(lambda: collect_jobs(cfg))
     replica.run_checked(lambda: check_writable_dir(cfg.output.dir))
     replica.run_checked(lambda: preflight_checkpoints(cfg, jobs))
@@ -82,10 +101,15 @@ def _run(cfg: RunConfig, replica: Replica) -> int:
         models = load_models(cfg, my_jobs, layout=replica.layout, settings=settings, counter=replica.counter)
         try:
             for job in my_jobs:
-                error = _make_video(cfg, job, replica, models, written, totals)
+                progress.current = (job.name, job.stem(cfg.output.dir), num_chunks(job.input.num_frames))
+                error = _make_video(cfg, job, replica, models, written, totals, progress)
                 if error is not None:
                     failures.append(RejectedLine(job.index, f"{job.name}: {error}"))
             models.writer.drain()  # the last video's files are complete before the batch report and exit
+        except KeyboardInterrupt:
+            ignore_further_interrupts()
+            models.writer.abandon(WRITER_WAIT_S)
+            raise
         finally:
             models.writer.close()
     return _report(cfg, replica, jobs, failures, [str(p) for p in written], totals)
@@ -104,7 +128,7 @@ def _pending_jobs(cfg: RunConfig, replica: Replica, jobs: list[VideoJob]) -> lis
 
 
 def _make_video(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedModels, written: list,
-                totals: dict) -> str | None:
+                totals: dict, progress: Progress) -> str | None:
     """One video; its files are finished on the background writer. A failed single-process batch line returns
     its error (every other failure raises: with several ranks, a peer may be inside a collective)."""
     start, writer = time.perf_counter(), models.writer
@@ -115,6 +139,11 @@ def _make_video(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedM
                                save_buffer=cfg.output.save_buffer)
     try:
         run = run_video(cfg, job, replica, models, outputs)
+    except KeyboardInterrupt:
+        ignore_further_interrupts()
+        if writer.abandon(WRITER_WAIT_S) and outputs is not None:  # no write is running: remove the partial mp4s
+            outputs.abort()
+        raise
     except (ValueError, RuntimeError) as err:
         if outputs is not None:
             _abort(writer, outputs)
@@ -131,6 +160,7 @@ def _make_video(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedM
         written.extend(outputs.finish(lambda frames: video_record(cfg, job, replica, models, run, frames,
                                                                   wall_s=time.perf_counter() - start)))
         PartialState(outputs.stem, "").remove()
+        progress.complete.append(job.name)
         _add_totals(totals, run.timer.seconds)
         logger.info("%s: complete (%.1f s)", job.name, time.perf_counter() - start)
 
