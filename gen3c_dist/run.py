@@ -160,9 +160,9 @@ def main() -> None:
             log.error("%s", err)
             status = BAD_INPUT_STATUS
         except RankFailedError as err:  # another rank failed and printed its error; this one says so, once
-            if not err.announced:
+            if not (err.announced or err.interrupted):
                 log.error("%s", err.summary(int(os.environ.get("RANK", "0"))))
-            status = PEER_FAILED_STATUS
+            status = INTERRUPTED_STATUS if err.interrupted else PEER_FAILED_STATUS
         except RunInterrupted as interrupt:  # Ctrl-C: what was kept, in one line (the lead's), no traceback
             if interrupt.kept:
                 log.warning("%s", interrupt.kept)

@@ -94,7 +94,8 @@ def test_failing_rank_stops_the_others_long_before_the_timeout(world_size: int, 
             assert f"rank {failing_rank} failed: ValueError: injected failure on rank {failing_rank}" in result.error
         else:  # ended by its watchdog while blocked in a collective
             assert result.error_type == "Abandoned", result
-            assert result.error == f"rank {result.rank} stopped: rank {failing_rank} failed"
+            assert result.error == f"rank {result.rank} stopped because rank {failing_rank} failed (its error is " \
+                                   f"printed by rank {failing_rank})"
         waited = result.finished_at - failed.started_at
         assert waited < STOP_BOUND_S, f"rank {result.rank} stopped {waited:.1f} s after the failure"
 
@@ -107,7 +108,7 @@ def test_peers_blocked_on_a_live_failed_rank_are_ended_by_their_watchdog() -> No
     assert failed.error_type == "ValueError" and failed.finished_at - failed.started_at >= linger_s, failed
     for result in results[:2]:
         assert result.error_type == "Abandoned" and result.exitcode == 1, result
-        assert result.error == f"rank {result.rank} stopped: rank 2 failed"
+        assert result.error == f"rank {result.rank} stopped because rank 2 failed (its error is printed by rank 2)"
         waited = result.finished_at - failed.started_at
         assert waited < STOP_BOUND_S, f"rank {result.rank} stopped {waited:.1f} s after the failure"
 

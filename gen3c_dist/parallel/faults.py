@@ -39,6 +39,7 @@ from gen3c_dist.parallel.watchdog import (
     FailureWatchdog,
     read_failure,
     record_failure,
+    stopped_line,
     wait_for_acks,
 )
 
@@ -56,16 +57,16 @@ class RankFailedError(RuntimeError):
     entry point does not print it twice.
     """
 
-    def __init__(self, message: str, *, failed_rank: int | None, announced: bool = False) -> None:
+    def __init__(self, message: str, *, failed_rank: int | None, announced: bool = False,
+                 interrupted: bool = False) -> None:
         super().__init__(message)
         self.failed_rank = failed_rank
         self.announced = announced
+        self.interrupted = interrupted  # the failed rank was stopped by Ctrl-C
 
     def summary(self, rank: int) -> str:
         """The line this rank prints: the failed rank prints its own error, so it is not repeated here."""
-        if self.failed_rank is None:
-            return str(self)
-        return f"rank {rank} stopped because rank {self.failed_rank} failed (its error is printed by rank {self.failed_rank})"
+        return str(self) if self.failed_rank is None else stopped_line(rank, self.failed_rank)
 
 
 def is_communication_error(exc: BaseException) -> bool:
@@ -112,7 +113,7 @@ def _peer_error(env: DistEnv, store: dist.Store, watchdog: FailureWatchdog, exc:
         )
     failed, message = record
     return RankFailedError(f"rank {env.rank} stopped because rank {failed} failed: {message}", failed_rank=failed,
-                           announced=announced)
+                           announced=announced, interrupted=message == INTERRUPTED)
 
 
 @contextlib.contextmanager

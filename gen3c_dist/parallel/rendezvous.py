@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from gen3c_dist.parallel.distributed import DistEnv, arrive_and_wait
 from gen3c_dist.parallel.faults import FAILED_RANK_KEY, RankFailedError
-from gen3c_dist.parallel.watchdog import read_failure
+from gen3c_dist.parallel.watchdog import INTERRUPTED, read_failure
 
 SUMMARY_KEY = "gen3c_dist/summary"
 
@@ -28,5 +28,6 @@ def exchange_summaries(env: DistEnv, summary: dict[str, Any]) -> list[dict[str, 
     store.set(f"{SUMMARY_KEY}/{env.rank}", json.dumps(summary))
     if not arrive_and_wait(store, f"{SUMMARY_KEY}/arrived", env.world_size, wait_s=None, abort_key=FAILED_RANK_KEY):
         failed, message = read_failure(store)
-        raise RankFailedError(f"rank {env.rank} stopped because rank {failed} failed: {message}", failed_rank=failed)
+        raise RankFailedError(f"rank {env.rank} stopped because rank {failed} failed: {message}", failed_rank=failed,
+                              interrupted=message == INTERRUPTED)
     return [json.loads(store.get(f"{SUMMARY_KEY}/{rank}").decode()) for rank in range(env.world_size)]

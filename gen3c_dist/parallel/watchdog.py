@@ -134,9 +134,9 @@ class FailureWatchdog:
     def _trip(self, failed: int, message: str) -> None:
         self.tripped = (failed, message)
         interrupted = message == INTERRUPTED
-        line = f"rank {self.rank} stopped: rank {failed} {'was interrupted' if interrupted else 'failed'}"
-        if not interrupted:
-            log.error("%s (its error is printed by rank %d)", line, failed)
+        line = stopped_line(self.rank, failed, interrupted=interrupted)
+        if not interrupted:  # after Ctrl-C every rank is stopping: only the ranks that write say what was kept
+            log.error("%s", line)
         self.acknowledge()
         abort_nccl_groups()
         if self._left.wait(self.exit_grace_s):
@@ -145,6 +145,13 @@ class FailureWatchdog:
             self.before_exit(line)
         flush_logs()
         os._exit(INTERRUPTED_STATUS if interrupted else EXIT_STATUS)
+
+
+def stopped_line(rank: int, failed: int, *, interrupted: bool = False) -> str:
+    """What a rank stopped by another's failure prints (the failed rank prints its own error, not repeated)."""
+    if interrupted:
+        return f"rank {rank} stopped because rank {failed} was interrupted"
+    return f"rank {rank} stopped because rank {failed} failed (its error is printed by rank {failed})"
 
 
 def wait_for_acks(store: dist.Store, world_size: int, *, wait_s: float) -> bool:
