@@ -276,6 +276,7 @@ class InputConfig:
     image: Optional[str] = None  # input image (PNG/JPEG); required
     depth: Optional[str] = None  # depth file (.npz/.npy/16-bit .png) used instead of MoGe for the input image
     depth_png_scale: Optional[float] = None  # depth units per PNG value; required for a 16-bit depth PNG
+    intrinsics: Optional[str] = None  # pixel intrinsics of a .npy/.png depth: .npy [3, 3], .json or .txt file
     prompt: str = ""
     negative_prompt: Optional[str] = None  # None: the official default negative prompt (spec 4.6)
     num_frames: int = 121  # 120K + 1 (121, 241, 361, ...); chunks of 121 frames overlap by one
@@ -336,6 +337,9 @@ class OutputConfig:
     save_latents: bool = False  # final latents of every chunk as safetensors
     save_buffer: bool = False  # also write <name>_cache.mp4: the cache renders side by side with the video
     resume: bool = True  # continue a multi-chunk run from its last complete chunk; skip complete outputs
+    # Replace what an earlier run left under this name (its video, record, latents and partial state) instead of
+    # refusing when it was made with other settings (gen3c_dist.runner.fingerprint).
+    overwrite: bool = False
 
 
 @dataclass

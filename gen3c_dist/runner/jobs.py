@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from gen3c_dist.conditioning.depth_file import load_depth_file
+from gen3c_dist.conditioning.depth_file import check_depth_fits_image, load_depth_file
 from gen3c_dist.conditioning.input_image import validate_input_image
 from gen3c_dist.config import InputConfig, RunConfig, TrajectoryConfig
 from gen3c_dist.errors import InputError
@@ -28,6 +28,7 @@ ROTATIONS = tuple(CAMERA_ROTATIONS)
 BATCH_KEYS: dict[str, tuple[str, str, tuple[type, ...]]] = {
     "image": ("input", "image", (str,)),
     "depth": ("input", "depth", (str,)),
+    "intrinsics": ("input", "intrinsics", (str,)),
     "prompt": ("input", "prompt", (str,)),
     "negative_prompt": ("input", "negative_prompt", (str,)),
     "frames": ("input", "num_frames", (int,)),
@@ -66,6 +67,8 @@ def validate_job(job: VideoJob, *, output_dir: str, checks: list[Callable[[Video
     """Raise one ValueError naming the input and the problem."""
     if not job.input.image:
         raise InputError("input.image is not set: give the path of the input image")
+    if Path(job.input.image).is_dir():
+        raise InputError(f"input.image {job.input.image}: is a folder; give the path of an image file")
     if not Path(job.input.image).is_file():
         raise InputError(f"input.image {job.input.image}: no such file")
     check_num_frames(job.input.num_frames)
@@ -141,12 +144,15 @@ def batch_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
 def input_checks() -> list[Callable[[VideoJob], None]]:
     """Per-job checks that read file headers only (cheap enough for every rank)."""
 
-    def image(job: VideoJob) -> None:
-        validate_input_image(job.input.image)
-
-    def depth(job: VideoJob) -> None:
+    def image_and_depth(job: VideoJob) -> None:
+        image_hw = validate_input_image(job.input.image)
         if job.input.depth is not None:
-            load_depth_file(job.input.depth, png_scale=job.input.depth_png_scale)
+            depth_hw, _ = load_depth_file(job.input.depth, png_scale=job.input.depth_png_scale,
+                                          intrinsics=job.input.intrinsics)
+            check_depth_fits_image(job.input.depth, depth_hw.shape, job.input.image, image_hw)
+        elif job.input.intrinsics is not None:
+            raise InputError("input.intrinsics is set without input.depth: it gives the depth file's intrinsics "
+                             "(MoGe estimates its own)")
 
     def trajectory(job: VideoJob) -> None:
         if job.trajectory.file is not None:
@@ -157,7 +163,7 @@ def input_checks() -> list[Callable[[VideoJob], None]]:
             raise InputError(f"input.height/width = {job.input.height}x{job.input.width} must be positive multiples "
                              "of 16 (tokenizer x8, patch x2)")
 
-    return [size, image, depth, trajectory]
+    return [size, image_and_depth, trajectory]
 
 
 def collect_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
@@ -176,9 +182,3 @@ def collect_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
         except InputError as err:
             rejected.append(RejectedLine(job.index, f"batch line {job.index + 1} ({job.name}): {err}"))
     return jobs, sorted(rejected, key=lambda r: r.index)
-
-
-def is_complete(job: VideoJob, cfg: RunConfig) -> bool:
-    """The JSON record is written last, so its presence (with the mp4) means the video is complete."""
-    stem = job.stem(cfg.output.dir)
-    return stem.with_suffix(".json").exists() and stem.with_suffix(".mp4").exists()

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import imageio
 import numpy as np
@@ -133,8 +133,12 @@ class ChunkResult:
 
 
 class VideoOutputs:
-    def __init__(self, stem: Path, *, fps: int, save_latents: bool, save_buffer: bool) -> None:
+    """``fingerprint`` (:class:`gen3c_dist.runner.fingerprint.Fingerprint`) goes into the record and the partial
+    state, so a rerun can tell whether these files are its own."""
+
+    def __init__(self, stem: Path, *, fps: int, save_latents: bool, save_buffer: bool, fingerprint: Any = None) -> None:
         self.stem = stem
+        self.fingerprint = fingerprint
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         self.save_latents = save_latents
         self.video = Mp4Stream(self.stem.with_suffix(".mp4"), fps=fps)

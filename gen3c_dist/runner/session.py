@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy
 import torch
@@ -28,10 +28,12 @@ from gen3c_dist.model.acceleration import check_speed_options
 from gen3c_dist.parallel.faults import fault_guard
 from gen3c_dist.parallel.rendezvous import exchange_summaries
 from gen3c_dist.runner.interrupt import WRITER_WAIT_S, RunInterrupted, ignore_further_interrupts, kept_line
-from gen3c_dist.runner.jobs import RejectedLine, VideoJob, collect_jobs, is_complete
+from gen3c_dist.errors import InputError
+from gen3c_dist.runner.fingerprint import Fingerprint, check_existing, remove_outputs, video_fingerprint
+from gen3c_dist.runner.jobs import RejectedLine, VideoJob, collect_jobs
 from gen3c_dist.runner.models import LoadedModels, load_models, preflight_checkpoints
 from gen3c_dist.runner.outputs import VideoOutputs, check_writable_dir, write_json
-from gen3c_dist.runner.replica import Replica, pending_chunks
+from gen3c_dist.runner.replica import Replica, pending_chunks, resolve_device, resolve_dtype
 from gen3c_dist.runner.resume import PartialState
 from gen3c_dist.runner.video import VideoRun, run_video
 from gen3c_dist.shapes import dit_tokens, latent_thw, num_chunks
@@ -84,9 +86,10 @@ def _run(cfg: RunConfig, replica: Replica, progress: Progress) -> int:
     jobs, rejected = replica.run_checked(lambda: collect_jobs(cfg))
     replica.run_checked(lambda: check_writable_dir(cfg.output.dir))
     replica.run_checked(lambda: preflight_checkpoints(cfg, jobs))
+    pending, fingerprints, refused = _pending_jobs(cfg, replica, jobs)
+    rejected = sorted([*rejected, *refused], key=lambda line: line.index)
     for line in rejected:
         logger.error("skipping %s", line.error)
-    pending = _pending_jobs(cfg, replica, jobs)
     replica.choose_layout(cfg, pending_chunks(pending))
     settings = replica.settings
     replica.run_checked(lambda: check_speed_options(cfg.runtime, device=settings.device, dtype=settings.dtype,
@@ -102,7 +105,7 @@ def _run(cfg: RunConfig, replica: Replica, progress: Progress) -> int:
         try:
             for job in my_jobs:
                 progress.current = (job.name, job.stem(cfg.output.dir), num_chunks(job.input.num_frames))
-                error = _make_video(cfg, job, replica, models, written, totals, progress)
+                error = _make_video(cfg, job, replica, models, written, totals, progress, fingerprints[job.index])
                 if error is not None:
                     failures.append(RejectedLine(job.index, f"{job.name}: {error}"))
             models.writer.drain()  # the last video's files are complete before the batch report and exit
@@ -115,20 +118,48 @@ def _run(cfg: RunConfig, replica: Replica, progress: Progress) -> int:
     return _report(cfg, replica, jobs, failures, [str(p) for p in written], totals)
 
 
-def _pending_jobs(cfg: RunConfig, replica: Replica, jobs: list[VideoJob]) -> list[VideoJob]:
-    """The jobs still to make. Rank 0 looks at the output folder and tells every rank, so all agree."""
+def _pending_jobs(cfg: RunConfig, replica: Replica, jobs: list[VideoJob]
+                  ) -> tuple[list[VideoJob], dict[int, Fingerprint], list[RejectedLine]]:
+    """The jobs still to make, every job's fingerprint, and the batch lines refused because an output of that
+    name was made with other settings. Rank 0 hashes the inputs and looks at the output folder once, and tells
+    every rank, so all agree; in a single run the refusal is the run's error, on every rank."""
+    dtype = str(resolve_dtype(cfg, resolve_device(cfg, replica.env))).replace("torch.", "")
+    surveyed = replica.broadcast_object(replica.run_checked(
+        lambda: [_survey(cfg, job, dtype) for job in jobs] if replica.rank == 0 else None))
+    pending, fingerprints, refused = [], {}, []
+    for job, (status, detail) in zip(jobs, surveyed):
+        if status == "refused":
+            refused.append(RejectedLine(job.index, f"batch line {job.index + 1} ({job.name}): {detail}"))
+            continue
+        fingerprints[job.index] = Fingerprint(detail)
+        if status == "complete":
+            logger.info("%s: complete output exists, made with the same settings; skipped", job.name)
+        else:
+            pending.append(job)
+    return pending, fingerprints, refused
+
+
+def _survey(cfg: RunConfig, job: VideoJob, dtype: str) -> tuple[str, Any]:
+    """("make" | "complete", fingerprint table) or, for a batch line, ("refused", the reason)."""
+    fingerprint = video_fingerprint(job, cfg, dtype=dtype)
+    stem = job.stem(cfg.output.dir)
+    if cfg.output.overwrite:
+        if remove_outputs(stem):
+            logger.info("%s: output.overwrite=true: removed the previous outputs", job.name)
+        return "make", fingerprint.parts
     if not cfg.output.resume:
-        return list(jobs)
-    done = replica.broadcast_object(
-        replica.run_checked(lambda: [is_complete(job, cfg) for job in jobs] if replica.rank == 0 else None))
-    for job, complete in zip(jobs, done):
-        if complete:
-            logger.info("%s: complete output exists, skipped", job.name)
-    return [job for job, complete in zip(jobs, done) if not complete]
+        return "make", fingerprint.parts
+    try:
+        complete = check_existing(stem, fingerprint, PartialState(stem, "").stored_fingerprint())
+    except InputError as err:
+        if cfg.batch.jsonl is None:
+            raise
+        return "refused", str(err)
+    return ("complete" if complete else "make"), fingerprint.parts
 
 
 def _make_video(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedModels, written: list,
-                totals: dict, progress: Progress) -> str | None:
+                totals: dict, progress: Progress, fingerprint: Fingerprint) -> str | None:
     """One video; its files are finished on the background writer. A failed single-process batch line returns
     its error (every other failure raises: with several ranks, a peer may be inside a collective)."""
     start, writer = time.perf_counter(), models.writer
@@ -136,7 +167,7 @@ def _make_video(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedM
     outputs = None
     if replica.is_lead:
         outputs = VideoOutputs(job.stem(cfg.output.dir), fps=job.input.fps, save_latents=cfg.output.save_latents,
-                               save_buffer=cfg.output.save_buffer)
+                               save_buffer=cfg.output.save_buffer, fingerprint=fingerprint)
     try:
         run = run_video(cfg, job, replica, models, outputs)
     except KeyboardInterrupt:
@@ -158,7 +189,8 @@ def _make_video(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedM
     def finish() -> None:
         run.timer.seconds["write"] = writer.busy_s - writer_start
         written.extend(outputs.finish(lambda frames: video_record(cfg, job, replica, models, run, frames,
-                                                                  wall_s=time.perf_counter() - start)))
+                                                                  wall_s=time.perf_counter() - start,
+                                                                  fingerprint=fingerprint)))
         PartialState(outputs.stem, "").remove()
         progress.complete.append(job.name)
         _add_totals(totals, run.timer.seconds)
@@ -200,12 +232,15 @@ def machine(device: torch.device) -> dict:
 
 
 def video_record(cfg: RunConfig, job: VideoJob, replica: Replica, models: LoadedModels, run: VideoRun, frames: int,
-                 *, wall_s: float) -> dict:
-    """The JSON record of one video: what was asked, where and how it ran, and how long each stage took."""
+                 *, wall_s: float, fingerprint: Fingerprint) -> dict:
+    """The JSON record of one video: what was asked, where and how it ran, and how long each stage took.
+
+    ``fingerprint`` (gen3c_dist.runner.fingerprint) is what a rerun compares before it skips this video."""
     layout, settings = replica.layout, replica.settings
     return {
         "schema_version": RECORD_SCHEMA_VERSION,
         "name": job.name,
+        "fingerprint": fingerprint.record(),
         "seed": job.input.seed,
         "frames": frames,
         "job": dataclasses.asdict(job),
