@@ -22,6 +22,11 @@ INTERRUPT_BOUND_S = 3.0
 DEMO = ["--config-name", "demo", *FAST_DEMO]
 
 
+def runner_traceback(output: str) -> bool:
+    """A traceback frame in the runner's code (torchrun's own traceback of a failed job is allowed)."""
+    return re.search(r'File "[^"]*/gen3c_dist/[^"]*\.py", line', output) is not None
+
+
 def _ranks_alive(run: CliProcess, nproc: int) -> set[int]:
     """The rank processes (torchrun's children) once they have all started."""
     run.wait_until(lambda: len([p for p in _descendants(run.proc.pid) if _is_rank(p)]) == nproc, timeout=120)
@@ -63,7 +68,7 @@ def test_a_failing_rank_stops_every_rank_within_seconds(tmp_path: Path, nproc: i
         peer_line = (f"[rank {peer}] ERROR gen3c_dist: rank {peer} stopped because rank {failing_rank} failed "
                      f"(its error is printed by rank {failing_rank})")
         assert output.count(peer_line) == 1, output[-3000:]
-    assert "gen3c_dist/" not in output, "a traceback from the runner was printed"  # torchrun's own is allowed
+    assert not runner_traceback(output), output[-3000:]
     assert not (tmp_path / "out" / "demo.mp4").exists()
 
 
@@ -107,7 +112,7 @@ def test_the_two_reported_hangs_end_every_rank_with_one_clear_line(tmp_path: Pat
     else:  # found by the lead while it loads MoGe: its line once, and rank 1 says why it stopped
         assert len(lines) == 1 and lines[0].startswith("[rank 0] ERROR"), run.output[-3000:]
         assert "[rank 1] ERROR gen3c_dist: rank 1 stopped because rank 0 failed" in run.output
-    assert "weights_only" not in run.output and "gen3c_dist/" not in run.output
+    assert "weights_only" not in run.output and not runner_traceback(run.output)
 
 
 # ---- Ctrl-C ---------------------------------------------------------------------------------------------------
@@ -123,12 +128,16 @@ def test_ctrl_c_stops_every_rank_within_3_s_and_says_what_was_kept(tmp_path: Pat
     run = CliProcess([*DEMO, "input.num_frames=361", "sampler.steps=12", f"output.dir={out}"], nproc=nproc)
     try:
         run.wait_until(lambda: _state_file(out).exists(), timeout=240)  # chunk 1 of 3 is saved
-        sent, alive = run.interrupt()
-        ended = run.wait(timeout=60, watch=alive)
+        ranks = {run.proc.pid} if nproc == 1 else {pid for pid in _descendants(run.proc.pid) if _is_rank(pid)}
+        assert len(ranks) == nproc
+        sent, _ = run.interrupt()
+        ended = run.wait(timeout=60, watch=ranks)
     finally:
         run.kill()
     for pid, when in ended.items():
-        assert when - sent < INTERRUPT_BOUND_S, f"process {pid} ran {when - sent:.2f} s after Ctrl-C"
+        assert when - sent < INTERRUPT_BOUND_S, f"rank process {pid} ran {when - sent:.2f} s after Ctrl-C"
+    # torchrun itself exits once its ranks are gone; its own teardown took about a second here
+    assert time.time() - sent < INTERRUPT_BOUND_S + 3
     assert run.proc.returncode != 0
     saved = PartialState(out / "demo", "").chunks_saved()
     kept = [line for _, line in run.lines if "interrupted:" in line]
@@ -136,7 +145,7 @@ def test_ctrl_c_stops_every_rank_within_3_s_and_says_what_was_kept(tmp_path: Pat
                     "command to continue"], run.output[-3000:]
     assert saved >= 1 and not (out / "demo.mp4").exists()
     assert "Traceback" not in run.output or nproc > 1  # torchrun prints its own on SIGINT
-    assert "gen3c_dist/" not in run.output
+    assert not runner_traceback(run.output), run.output[-3000:]
     if nproc == 1:
         assert run.proc.returncode == 130
         assert not [p for p in os.listdir(out) if ".tmp-" in p], os.listdir(out)
