@@ -31,6 +31,7 @@ from gen3c_dist.runner.interrupt import WRITER_WAIT_S, RunInterrupted, ignore_fu
 from gen3c_dist.errors import InputError
 from gen3c_dist.runner.fingerprint import Fingerprint, check_existing, remove_outputs, video_fingerprint
 from gen3c_dist.runner.jobs import RejectedLine, VideoJob, collect_jobs
+from gen3c_dist.runner.leftovers import remove_stale_temporaries
 from gen3c_dist.runner.models import LoadedModels, load_models, preflight_checkpoints
 from gen3c_dist.runner.outputs import VideoOutputs, check_writable_dir, write_json
 from gen3c_dist.runner.replica import Replica, pending_chunks, resolve_device, resolve_dtype
@@ -85,10 +86,12 @@ class Progress:
 def _run(cfg: RunConfig, replica: Replica, progress: Progress) -> int:
     jobs, rejected = replica.run_checked(lambda: collect_jobs(cfg))
     replica.run_checked(lambda: check_writable_dir(cfg.output.dir))
+    if replica.rank == 0:
+        _remove_leftovers(Path(cfg.output.dir))
     replica.run_checked(lambda: preflight_checkpoints(cfg, jobs))
     pending, fingerprints, refused = _pending_jobs(cfg, replica, jobs)
     rejected = sorted([*rejected, *refused], key=lambda line: line.index)
-    for line in rejected:
+    for line in rejected if replica.rank == 0 else ():  # every rank found the same: rank 0 says it, once
         logger.error("skipping %s", line.error)
     replica.choose_layout(cfg, pending_chunks(pending))
     settings = replica.settings
@@ -116,6 +119,15 @@ def _run(cfg: RunConfig, replica: Replica, progress: Progress) -> int:
         finally:
             models.writer.close()
     return _report(cfg, replica, jobs, failures, [str(p) for p in written], totals)
+
+
+def _remove_leftovers(output_dir: Path) -> None:
+    removed = remove_stale_temporaries(output_dir)
+    if removed:
+        names = ", ".join(str(path.relative_to(output_dir)) for path in removed[:5])
+        more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+        logger.info("removed %d temporary file%s left in %s by runs that are no longer running: %s%s", len(removed),
+                    "s" if len(removed) > 1 else "", output_dir, names, more)
 
 
 def _pending_jobs(cfg: RunConfig, replica: Replica, jobs: list[VideoJob]
@@ -278,7 +290,13 @@ def _report(cfg: RunConfig, replica: Replica, jobs: list[VideoJob], failures: li
         if cfg.batch.jsonl is not None:
             report = {"rejected_or_failed": [{"index": i, "error": e} for i, e in all_failures], "jobs": len(jobs),
                       "time": time.time()}
-            write_json(check_writable_dir(cfg.output.dir) / f"batch_report_shard{cfg.batch.shard_index}.json", report)
+            report_file = check_writable_dir(cfg.output.dir) / f"batch_report_shard{cfg.batch.shard_index}.json"
+            write_json(report_file, report)
+            if all_failures:  # the bad lines together, at the end, where a user looks
+                failed = sorted({index for index, _ in all_failures})
+                lines = len(jobs) + len(set(failed) - {job.index for job in jobs})  # rejected lines made no job
+                logger.error("%d of %d batch lines were not made (lines %s); each reason is in %s", len(failed),
+                             lines, ", ".join(str(index + 1) for index in failed), report_file)
         _log_summary(summaries)
     return 1 if all_failures else 0
 
