@@ -337,9 +337,7 @@ class OutputConfig:
     save_latents: bool = False  # final latents of every chunk as safetensors
     save_buffer: bool = False  # also write <name>_cache.mp4: the cache renders side by side with the video
     resume: bool = True  # continue a multi-chunk run from its last complete chunk; skip complete outputs
-    # Replace what an earlier run left under this name (its video, record, latents and partial state) instead of
-    # refusing when it was made with other settings (gen3c_dist.runner.fingerprint).
-    overwrite: bool = False
+    overwrite: bool = False  # replace an earlier run's files of this name instead of refusing other settings
 
 
 @dataclass

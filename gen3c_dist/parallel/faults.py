@@ -92,7 +92,8 @@ def _report_and_release(env: DistEnv, store: dist.Store, watchdog: FailureWatchd
     if winner != env.rank:  # another rank failed first; this rank has seen its record
         watchdog.acknowledge()
     abandon_process_groups()  # `store` stays alive through our reference for the peers to read
-    if winner == env.rank:  # after Ctrl-C every rank is stopping anyway: a short wait keeps the exit quick
+    if winner == env.rank or env.rank == 0:  # rank 0 may host the store (no torchrun): the others read it there
+        # After Ctrl-C every rank is stopping anyway: a short wait keeps the exit quick.
         wait_s = min(env.fault_grace_s, INTERRUPT_ACK_WAIT_S) if message == INTERRUPTED else env.fault_grace_s
         wait_for_acks(store, env.world_size, wait_s=wait_s)
 
@@ -105,6 +106,8 @@ def _peer_error(env: DistEnv, store: dist.Store, watchdog: FailureWatchdog, exc:
         except (RuntimeError, OSError):  # the store's host is gone too
             record = None
     watchdog.acknowledge()
+    if env.rank == 0 and record is not None:  # it may host the store (no torchrun): the others read it there
+        wait_for_acks(store, env.world_size, wait_s=env.fault_grace_s)
     if record is None:
         return RankFailedError(
             f"rank {env.rank} stopped: a collective failed ({exc}) and no rank reported an error within "
@@ -127,16 +130,21 @@ def fault_guard(env: DistEnv, *, before_exit: Optional[Callable[[str], None]] = 
         yield
         return
     store = dist.distributed_c10d._get_default_store()
-    watchdog = FailureWatchdog(env.rank, store, exit_grace_s=exit_grace_s, before_exit=before_exit).start()
+    # One store request per poll and rank: a slower poll on large jobs keeps the store's load bounded.
+    watchdog = FailureWatchdog(env.rank, env.world_size, store, poll_s=max(0.2, env.world_size / 1000),
+                               exit_grace_s=exit_grace_s, ack_wait_s=env.fault_grace_s,
+                               before_exit=before_exit).start()
     try:
         yield
     except SharedInputError:  # every rank raises the same, together: nobody is left waiting
         raise
     except RankFailedError as exc:  # raised where a rank waits on the store (the end-of-run rendezvous)
+        watchdog.stop()
         watchdog.acknowledge()
         exc.announced = exc.announced or watchdog.tripped is not None
         raise
     except (Exception, KeyboardInterrupt) as exc:
+        watchdog.stop()  # from here this thread reports; `tripped` says whether the watchdog already did
         if not dist.is_initialized():  # failed before init or after teardown: nobody to tell
             raise
         if not isinstance(exc, KeyboardInterrupt) and (watchdog.tripped is not None or is_communication_error(exc)):

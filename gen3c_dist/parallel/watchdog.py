@@ -9,8 +9,9 @@ c10d store (:mod:`gen3c_dist.parallel.faults`); this thread polls that record. W
 2. aborts this rank's NCCL communicators, so a collective the main thread is blocked in returns with an error
    and the main thread leaves through the fault guard by itself (gloo has no abort: ``abort()`` is a no-op there);
 3. gives the main thread ``exit_grace_s`` to leave the guard, then flushes the logs and ends the process with
-   ``os._exit``: the main thread may be blocked in C++ where no exception can reach it. torchrun then stops
-   whatever is left of the job.
+   ``os._exit``: the main thread may be blocked in C++ where no exception can reach it. Rank 0 first waits
+   (at most ``ack_wait_s``) for every other rank's acknowledgement, since without torchrun it hosts the store
+   the others read the record from. torchrun then stops whatever is left of the job.
 
 The thread uses its own connection to the store (``Store.clone``), so a main thread blocked in a store call
 (a subgroup's rendezvous) cannot block the poll. It stops quietly when the store goes away: that only happens
@@ -95,12 +96,18 @@ class FailureWatchdog:
     result there). :meth:`stop` when the guarded block is left; :attr:`tripped` is the failure seen, if any.
     """
 
-    def __init__(self, rank: int, store: dist.Store, *, poll_s: float = 0.2, exit_grace_s: float = 1.0,
+    def __init__(self, rank: int, world_size: int, store: dist.Store, *, poll_s: float = 0.2,
+                 exit_grace_s: float = 1.0, ack_wait_s: float = 5.0,
                  before_exit: Optional[Callable[[str], None]] = None) -> None:
-        self.rank, self.poll_s, self.exit_grace_s, self.before_exit = rank, poll_s, exit_grace_s, before_exit
-        self._store = store.clone()  # its own connection: see the module docstring
+        self.rank, self.world_size, self.poll_s, self.exit_grace_s = rank, world_size, poll_s, exit_grace_s
+        self.ack_wait_s, self.before_exit = ack_wait_s, before_exit
+        try:
+            self._store = store.clone()  # its own connection: see the module docstring
+        except (RuntimeError, NotImplementedError):  # a store type without clone (not the env:// TCPStore)
+            self._store = store
         self._left = threading.Event()  # the main thread left the guarded block
         self._acked = threading.Event()
+        self._lock = threading.Lock()  # trip or stop, never both: the line naming the failure is printed once
         self.tripped: Optional[tuple[int, str]] = None
         self._thread = threading.Thread(target=self._run, name="gen3c-fault-watchdog", daemon=True)
 
@@ -109,7 +116,10 @@ class FailureWatchdog:
         return self
 
     def stop(self) -> None:
-        self._left.set()
+        """The main thread leaves the guarded block; after this the watchdog never trips (:attr:`tripped` is
+        final), so the caller can tell whether the watchdog already printed the line."""
+        with self._lock:
+            self._left.set()
 
     def acknowledge(self) -> None:
         """Count this rank as having seen the failure record (once, whichever thread sees it first)."""
@@ -132,15 +142,20 @@ class FailureWatchdog:
                 return
 
     def _trip(self, failed: int, message: str) -> None:
-        self.tripped = (failed, message)
         interrupted = message == INTERRUPTED
         line = stopped_line(self.rank, failed, interrupted=interrupted)
-        if not interrupted:  # after Ctrl-C every rank is stopping: only the ranks that write say what was kept
-            log.error("%s", line)
+        with self._lock:
+            if self._left.is_set():  # the main thread left first and reports the failure itself
+                return
+            self.tripped = (failed, message)
+            if not interrupted:  # after Ctrl-C every rank is stopping: only the ranks that write say what was kept
+                log.error("%s", line)
         self.acknowledge()
         abort_nccl_groups()
         if self._left.wait(self.exit_grace_s):
             return  # the main thread left the guard by itself and reports the failure there
+        if self.rank == 0:  # rank 0 hosts the store without torchrun: the others must have read the record first
+            wait_for_acks(self._store, self.world_size, wait_s=self.ack_wait_s)
         if self.before_exit is not None:
             self.before_exit(line)
         flush_logs()

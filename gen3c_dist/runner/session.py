@@ -2,9 +2,13 @@
 
 Order matters for the promises the runner makes: the inputs, the output folder, the checkpoint paths, the
 layout and the speed options are checked on every rank before any model loads, so a bad input stops every
-rank with the same message; outputs are written by the lead of each data-parallel replica only; a batch line
-that fails is reported and the next one runs; a rank with nothing (left) to make waits at the end, outside
-any collective, and every rank exits with the same status. The JSON record of each video is assembled here.
+rank with the same message. Before models load, rank 0 also removes the temporaries of ended runs
+(:mod:`gen3c_dist.runner.leftovers`) and decides, from each video's fingerprint, what is already made, what
+resumes and what is refused (:mod:`gen3c_dist.runner.fingerprint`). Outputs are written by the lead of each
+data-parallel replica only; a batch line that fails is reported and the next one runs; a rank with nothing
+(left) to make waits at the end, outside any collective, and every rank exits with the same status. A failure
+on one rank ends every rank within seconds (:mod:`gen3c_dist.parallel.faults`); Ctrl-C ends the run with one
+line saying what was kept (:mod:`gen3c_dist.runner.interrupt`). The JSON record of each video is assembled here.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ def run_session(cfg: RunConfig) -> int:
                 return _run(cfg, replica, progress)
             except KeyboardInterrupt:
                 ignore_further_interrupts()
-                writes = replica.layout is None or replica.is_lead  # the ranks that write outputs say what is kept
+                # The ranks that write outputs say what is kept (before the layout exists: rank 0, once).
+                writes = replica.rank == 0 if replica.layout is None else replica.is_lead
                 raise RunInterrupted(progress.kept() if writes else None) from None
     finally:
         replica.close()
