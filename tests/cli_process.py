@@ -88,7 +88,7 @@ class CliProcess:
             if time.monotonic() > deadline:
                 self.kill()
                 raise AssertionError(f"no exit within {timeout} s:\n{self.output[-3000:]}")
-            now, alive = time.time(), _descendants(self.proc.pid)
+            now, alive = time.time(), _descendants(self.proc.pid) | {self.proc.pid}
             ended.update({pid: now for pid in watch - alive - set(ended)})
             time.sleep(0.02)
         ended.update({pid: time.time() for pid in watch - set(ended)})

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from gen3c_dist import convert
 from gen3c_dist.conditioning.depth import load_moge
 from gen3c_dist.errors import InputError
-from gen3c_dist.model.safe_load import DIT_WAY_ON, OFFICIAL_DOWNLOAD
+from gen3c_dist.model.safe_load import DIT_PICKLE_WAY_ON, DIT_WAY_ON, OFFICIAL_DOWNLOAD
 from gen3c_dist.model.tokenizer.loading import load_mean_std, load_torchscript
 from gen3c_dist.model.weights import load_dit
 from tests.runner_utils import FAST_DEMO, run_cli
@@ -84,7 +84,7 @@ def test_dit_refusals(tmp_path: Path, kind: str):
                        "loader never unpickles them"}[kind]
     with pytest.raises(InputError) as err:
         load_dit(path, fixture_config(), label="checkpoints.dit")
-    check_line(err, "checkpoints.dit", path, problem, DIT_WAY_ON)
+    check_line(err, "checkpoints.dit", path, problem, DIT_PICKLE_WAY_ON if kind in ("pickled", "trap") else DIT_WAY_ON)
 
 
 def test_dit_safetensors_that_is_not_one(tmp_path: Path):
@@ -215,5 +215,5 @@ def test_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path: Path, key: str):
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert errors == [f"[rank 0] ERROR gen3c_dist: {key} {path}: {PICKLED}; "
-                      f"{DIT_WAY_ON if key == 'checkpoints.dit' else MOGE_WAY_ON}"], result.stderr[-2000:]
+                      f"{DIT_PICKLE_WAY_ON if key == 'checkpoints.dit' else MOGE_WAY_ON}"], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "weights_only" not in result.stderr

@@ -52,7 +52,7 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_key(made: Path, monke
     no_models(monkeypatch)
     with pytest.raises(InputError) as err:
         run_session(demo(made, override))
-    assert str(err.value) == f"{made / 'demo.json'} was made with other settings ({key} differ){HOW_ON}"
+    assert str(err.value) == f"{made / 'demo.json'} was made with other settings ({key} differs){HOW_ON}"
 
 
 def test_the_record_holds_the_fingerprint(made: Path):
@@ -104,7 +104,7 @@ def test_a_changed_input_file_is_refused_and_a_moved_one_is_not(made: Path, tmp_
     pixels = iio.imread(image)
     pixels[0, 0] = 255 - pixels[0, 0]
     iio.imwrite(image, pixels)
-    with pytest.raises(InputError, match=r"\(input\.image differ\)"):
+    with pytest.raises(InputError, match=r"\(input\.image differs\)"):
         run_session(demo(out, f"input.image={image}"))
 
 
@@ -124,7 +124,7 @@ def test_a_partial_run_resumes_across_layouts_and_is_refused_with_another_seed(t
         no_models(patch)
         with pytest.raises(InputError) as err:
             run_session(demo(tmp_path, "input.num_frames=241", "input.seed=5"))
-    assert str(err.value) == f"{tmp_path / 'demo.partial'} was made with other settings (input.seed differ){HOW_ON}"
+    assert str(err.value) == f"{tmp_path / 'demo.partial'} was made with other settings (input.seed differs){HOW_ON}"
     prepared: list[int] = []
     original_prepare = VideoConditioner.prepare
     monkeypatch.setattr(VideoConditioner, "prepare",
@@ -144,7 +144,7 @@ def test_a_batch_line_made_with_other_settings_is_reported_and_the_others_run(ma
     assert run_session(demo(out, f"batch.jsonl={jsonl}")) == 1
     report = json.loads((out / "batch_report_shard0.json").read_text())["rejected_or_failed"]
     assert report == [{"index": 0, "error": f"batch line 1 (demo): {out / 'demo.json'} was made with other settings "
-                                            f"(input.seed differ){HOW_ON}"}]
+                                            f"(input.seed differs){HOW_ON}"}]
     assert (out / "fresh.json").exists()
 
 

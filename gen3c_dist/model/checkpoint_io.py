@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from safetensors import SafetensorError, safe_open
 
-from gen3c_dist.model.safe_load import DIT_WAY_ON, CheckpointError, refusal, safe_torch_load, safetensors_problem
+from gen3c_dist.model.safe_load import DIT_PICKLE_WAY_ON, DIT_WAY_ON, CheckpointError, refusal, safe_torch_load, safetensors_problem
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -71,7 +71,8 @@ class CheckpointReader:
 
     def _open_torch(self, file: Path) -> None:
         # TransformerEngine stores `_extra_state` as BytesIO; allow exactly that class, nothing else (no pickle).
-        state = safe_torch_load(file, label=self.label, way_on=DIT_WAY_ON, allowed=[io.BytesIO], mmap=True)
+        state = safe_torch_load(file, label=self.label, way_on=DIT_WAY_ON, pickle_way_on=DIT_PICKLE_WAY_ON,
+                                allowed=[io.BytesIO], mmap=True)
         self._use_state(state, file)
 
     def _use_state(self, state: object, file: Path) -> None:

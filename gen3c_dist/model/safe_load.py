@@ -29,8 +29,11 @@ from gen3c_dist.errors import InputError
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_OPCODE = 0x80  # a legacy (non-zip) torch file starts with a pickle stream
 OFFICIAL_DOWNLOAD = "download the official file again (README, 'Checkpoints')"
-DIT_WAY_ON = ("use the official GEN3C-Cosmos-7B model.pt (README, 'Checkpoints'), or convert a file you trust to "
-              "safetensors with `python -m gen3c_dist.convert --allow-pickle` on a machine you trust")
+DIT_WAY_ON = "use the official GEN3C-Cosmos-7B model.pt (README, 'Checkpoints')"
+# Only for a file that stores Python objects: one the user made (a training run's) may be theirs to trust.
+DIT_PICKLE_WAY_ON = (f"{DIT_WAY_ON}, or convert a file you trust to safetensors with `python -m gen3c_dist.convert "
+                     "--allow-pickle` on a machine you trust")
+PICKLED = "holds pickled Python objects besides tensors"
 _GLOBAL_PATTERN = re.compile(r"GLOBAL ([\w.]+)")
 
 
@@ -48,8 +51,7 @@ def describe_unreadable(file: Path, err: BaseException, *, torchscript: bool = F
     text = str(err)
     globals_found = sorted(set(_GLOBAL_PATTERN.findall(text)))
     if globals_found:
-        return (f"holds pickled Python objects besides tensors ({', '.join(globals_found)}); the loader never "
-                "unpickles them")
+        return f"{PICKLED} ({', '.join(globals_found)}); the loader never unpickles them"
     with open(file, "rb") as handle:
         head = handle.read(4)
     if not head:
@@ -68,9 +70,9 @@ def describe_unreadable(file: Path, err: BaseException, *, torchscript: bool = F
 
 
 class _Unreadable(Exception):
-    def __init__(self, problem: str) -> None:
+    def __init__(self, problem: str, *, pickled: bool = False) -> None:
         super().__init__(problem)
-        self.problem = problem
+        self.problem, self.pickled = problem, pickled
 
 
 def _load(file: Path, allowed: Iterable[type], mmap: bool) -> Any:
@@ -83,22 +85,25 @@ def _load(file: Path, allowed: Iterable[type], mmap: bool) -> Any:
         raise _Unreadable(f"cannot be read ({err.strerror or err})") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
             AttributeError, IndexError) as err:  # what torch's reader and the weights-only unpickler raise
-        raise _Unreadable(describe_unreadable(file, err)) from None
+        problem = describe_unreadable(file, err)
+        raise _Unreadable(problem, pickled=problem.startswith(PICKLED)) from None
 
 
 def safe_torch_load(file: str | Path, *, label: str, way_on: str = OFFICIAL_DOWNLOAD,
-                    allowed: Iterable[type] = (), mmap: bool = False) -> Any:
+                    pickle_way_on: Optional[str] = None, allowed: Iterable[type] = (), mmap: bool = False) -> Any:
     """``torch.load(file, weights_only=True)`` on the CPU; any refusal is one :class:`CheckpointError` line.
 
-    ``label`` names the input (a config key); ``allowed`` lists the few classes a known format stores beside
-    tensors (e.g. ``io.BytesIO`` for TransformerEngine state); ``mmap`` maps a zip-format file instead of
-    reading it (a legacy file, which cannot be mapped, is read).
+    ``label`` names the input (a config key); ``way_on`` is the advice of the line (``pickle_way_on`` instead,
+    when given, for a file refused for the Python objects it stores); ``allowed`` lists the few classes a known
+    format stores beside tensors (e.g. ``io.BytesIO`` for TransformerEngine state); ``mmap`` maps a zip-format
+    file instead of reading it (a legacy file, which cannot be mapped, is read).
     """
     file = Path(file)
     try:
         return _load(file, allowed, mmap)
     except _Unreadable as err:
-        raise refusal(label, file, err.problem, way_on) from None
+        advice = pickle_way_on if err.pickled and pickle_way_on else way_on
+        raise refusal(label, file, err.problem, advice) from None
 
 
 def safetensors_problem(file: Path) -> Optional[str]:

@@ -180,7 +180,8 @@ def remove_outputs(stem: Path) -> bool:
 
 def _refusal(where: Path, keys: list[str]) -> InputError:
     shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
-    return InputError(f"{where} was made with other settings ({shown} differ); to keep it, choose a new "
+    verb = "differs" if len(keys) == 1 else "differ"
+    return InputError(f"{where} was made with other settings ({shown} {verb}); to keep it, choose a new "
                       "output.name; to replace it, add output.overwrite=true")
 
 
