@@ -157,7 +157,8 @@ def main() -> None:
         try:
             status = run_session(cfg)
         except InputError as err:  # bad input: one clear message on every rank, no traceback
-            log.error("%s", err)
+            if not err.reported:  # the runner prints it itself where a rank could otherwise leave first
+                log.error("%s", err)
             status = BAD_INPUT_STATUS
         except RankFailedError as err:  # another rank failed and printed its error; this one says so, once
             if not (err.announced or err.interrupted):

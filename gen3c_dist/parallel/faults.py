@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Optional
 
 import torch.distributed as dist
 
-from gen3c_dist.errors import SharedInputError
+from gen3c_dist.errors import InputError, SharedInputError
 from gen3c_dist.parallel.distributed import DistEnv, abandon_process_groups
 from gen3c_dist.parallel.watchdog import (
     ACK_KEY,
@@ -69,6 +69,13 @@ class RankFailedError(RuntimeError):
         return str(self) if self.failed_rank is None else stopped_line(rank, self.failed_rank)
 
 
+def report_input_error(err: InputError) -> None:
+    """Print a bad input's one line (``[rank R] ERROR gen3c_dist: ...``) once; see :attr:`InputError.reported`."""
+    if not err.reported:
+        logging.getLogger("gen3c_dist").error("%s", err)
+        err.reported = True
+
+
 def is_communication_error(exc: BaseException) -> bool:
     """A collective failed or timed out (as opposed to this rank's own code raising)."""
     if isinstance(exc, getattr(dist, "DistError", ())):
@@ -88,6 +95,8 @@ def _wait_for_record(store: dist.Store, *, wait_s: float) -> tuple[int, str] | N
 
 def _report_and_release(env: DistEnv, store: dist.Store, watchdog: FailureWatchdog, exc: BaseException) -> None:
     message = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"[:2000]
+    if isinstance(exc, InputError):  # its one line, printed before the record lets any peer stop (and exit)
+        report_input_error(exc)
     winner = record_failure(store, env.rank, message)
     if winner != env.rank:  # another rank failed first; this rank has seen its record
         watchdog.acknowledge()

@@ -29,10 +29,10 @@ import torch
 import gen3c_dist
 from gen3c_dist.config import RunConfig
 from gen3c_dist.model.acceleration import check_speed_options
-from gen3c_dist.parallel.faults import fault_guard
+from gen3c_dist.parallel.faults import fault_guard, report_input_error
 from gen3c_dist.parallel.rendezvous import exchange_summaries
 from gen3c_dist.runner.interrupt import WRITER_WAIT_S, RunInterrupted, ignore_further_interrupts, kept_line
-from gen3c_dist.errors import InputError
+from gen3c_dist.errors import InputError, SharedInputError
 from gen3c_dist.runner.fingerprint import Fingerprint, check_existing, remove_outputs, video_fingerprint
 from gen3c_dist.runner.jobs import RejectedLine, VideoJob, collect_jobs
 from gen3c_dist.runner.leftovers import remove_stale_temporaries
@@ -68,6 +68,9 @@ def run_session(cfg: RunConfig) -> int:
         with fault_guard(replica.env):
             try:
                 return _run(cfg, replica, progress)
+            except SharedInputError as err:  # every rank prints it before any leaves (replica.close waits)
+                report_input_error(err)
+                raise
             except KeyboardInterrupt:
                 ignore_further_interrupts()
                 # The ranks that write outputs say what is kept (before the layout exists: rank 0, once).
