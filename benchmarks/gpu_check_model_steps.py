@@ -8,14 +8,16 @@ from typing import Callable, Optional
 
 import torch
 
-from gen3c_dist.config import RuntimeConfig, model_preset
-from gen3c_dist.model.acceleration import build_forward, compile_blocks
+from gen3c_dist.config import ParallelConfig, RuntimeConfig, model_preset
+from gen3c_dist.model.acceleration import compile_blocks
 from gen3c_dist.model.dit import count_parameters
 from gen3c_dist.model.kernels import (
     ATTENTION_KERNEL_OPTIONS, AUTO, SDPA_MATH, KernelEnvironment, auto_preference, probe_environment,
     select_attention_kernel,
 )
 from gen3c_dist.model.tokenizer import VideoTokenizer, VideoTokenizerConfig, tokenizer_preset
+from gen3c_dist.parallel.layout import plan_layout
+from gen3c_dist.parallel.parallelize import parallelize_dit
 from gen3c_dist.perf.flops import DiTFlops, dit_forward_flops
 
 from gpu_check_budget import StepClock  # benchmarks/, beside this file
@@ -30,6 +32,12 @@ from gpu_check_measure import (
 PREDICTED_MFU = 0.4
 MATMUL_WARMUP = 3
 
+
+
+def build_forward(model, runtime: RuntimeConfig, *, device: torch.device, dtype: torch.dtype):
+    """The runner's own single-device forward (parallelize_dit on a one-rank layout) with ``runtime``'s options."""
+    layout = plan_layout(ParallelConfig(), world_size=1, rank=0, num_heads=model.cfg.num_heads, guidance_runs_both=True)
+    return parallelize_dit(model, layout, runtime, device=device, dtype=dtype)
 
 def _short(err: BaseException, limit: int = 300) -> str:
     text = f"{type(err).__name__}: {err}"

@@ -291,6 +291,7 @@ class InputConfig:
     image: Optional[str] = None  # image to video: the input image (PNG/JPEG); one of image / video / key_frames
     depth: Optional[str] = None  # image: depth file (.npz/.npy/16-bit .png) used instead of MoGe for the input image
     depth_png_scale: Optional[float] = None  # image: depth units per PNG value; required for a 16-bit depth PNG
+    intrinsics: Optional[str] = None  # image: pixel intrinsics of a .npy/.png depth: .npy [3, 3], .json or .txt file
     video: Optional[str] = None  # video to video: folder (rgb.mp4 + npz), .pt, ViPE folder or its rgb/<name>.mp4
     video_format: VideoFormat = VideoFormat.auto  # video: how input.video is read; auto: from its files
     start_frame: int = 0  # video: first source frame used; frames [start_frame, start_frame + num_frames) are re-shot
@@ -359,6 +360,7 @@ class OutputConfig:
     save_latents: bool = False  # final latents of every chunk as safetensors
     save_buffer: bool = False  # also write <name>_cache.mp4: the cache renders side by side with the video
     resume: bool = True  # continue a multi-chunk run from its last complete chunk; skip complete outputs
+    overwrite: bool = False  # replace an earlier run's files of this name instead of refusing other settings
 
 
 @dataclass

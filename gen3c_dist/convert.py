@@ -6,6 +6,12 @@ The output folder is what ``checkpoints.dit`` accepts directly. Keys are written
 only model parameters are kept (the ignored keys of :mod:`gen3c_dist.model.weights` are dropped), and the
 source is validated against the model preset with the same strict accounting as loading. Everything is
 written into a temporary sibling folder that is renamed to ``--output`` only once complete.
+
+The source is read without unpickling anything, as the runner reads it. ``--allow-pickle`` is the one
+exception, for a checkpoint that stores Python objects beside its tensors (a training run's own checkpoint):
+it runs ``torch.load(weights_only=False)``, which executes whatever the file's pickle names, so use it only
+for a file you trust, on a machine you trust. Its output is plain safetensors, which the runner then loads
+without pickle.
 """
 
 from __future__ import annotations
@@ -30,10 +36,20 @@ FORMAT_VERSION = 1
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
-def convert(source: Path, output: Path, *, config: ModelConfig, dtype: torch.dtype | None, shard_bytes: int) -> Path:
+def open_source(source: Path, *, allow_pickle: bool) -> CheckpointReader:
+    if not allow_pickle or source.is_dir() or source.suffix == ".safetensors" or source.name.endswith(".json"):
+        return CheckpointReader(source, label="--source")
+    if not source.is_file():
+        raise CheckpointError(f"--source {source}: no such file")
+    state = torch.load(source, map_location="cpu", weights_only=False)  # --allow-pickle: the user trusts the file
+    return CheckpointReader(source, label="--source", state=state)
+
+
+def convert(source: Path, output: Path, *, config: ModelConfig, dtype: torch.dtype | None, shard_bytes: int,
+            allow_pickle: bool = False) -> Path:
     if output.exists():
         raise FileExistsError(f"--output {output} already exists; remove it or choose another folder")
-    reader = CheckpointReader(source)
+    reader = open_source(source, allow_pickle=allow_pickle)
     with torch.device("meta"):
         model_shapes = {n: tuple(p.shape) for n, p in GEN3CDiT(config).named_parameters()}
     mapping = plan_load(reader, model_shapes)
@@ -91,13 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-config", type=Path, help="JSON of official network arguments (overrides --preset)")
     parser.add_argument("--dtype", default="keep", choices=sorted(DTYPES), help="convert tensors (default: keep)")
     parser.add_argument("--shard-size-gb", type=float, default=5.0)
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="unpickle the source (runs code the file names): only for a file you trust, on a "
+                             "machine you trust")
     args = parser.parse_args(argv)
     try:
         if args.model_config is not None:
             config = ModelConfig.from_official(json.loads(args.model_config.read_text()))
         else:
             config = model_preset(args.preset)
-        out = convert(args.source, args.output, config=config, dtype=DTYPES[args.dtype], shard_bytes=int(args.shard_size_gb * 2**30))
+        out = convert(args.source, args.output, config=config, dtype=DTYPES[args.dtype],
+                      shard_bytes=int(args.shard_size_gb * 2**30), allow_pickle=args.allow_pickle)
     except (CheckpointError, FileExistsError, ValueError, OSError) as err:
         print(f"gen3c_dist.convert: error: {err}", file=sys.stderr)
         return 2

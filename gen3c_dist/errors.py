@@ -16,7 +16,13 @@ from typing import Iterator
 
 
 class InputError(ValueError):
-    """A bad input: the message names the input (config key, file, batch line) and what is wrong with it."""
+    """A bad input: the message names the input (config key, file, batch line) and what is wrong with it.
+
+    ``reported`` is set once the line has been printed (the runner prints it before any rank may leave, since
+    under torchrun the first rank to exit gets the others killed); the entry point then does not repeat it.
+    """
+
+    reported: bool = False
 
 
 class SharedInputError(InputError):

@@ -16,19 +16,23 @@ Imports inside the functions below are deliberate: ``--help`` and a bad override
 torch, Hydra's app machinery or the runner are imported (several seconds on a cold machine).
 
 Exit status: 0 when every video was made, 1 when a batch line failed or a rank raised an unexpected error
-(its traceback is printed, and torchrun's error record names the rank), 2 for a bad input or configuration:
-one line naming the input and the problem, no traceback.
+(its traceback is printed, and torchrun's error record names the rank) or stopped because another rank failed
+(one line naming that rank), 2 for a bad input or configuration: one line naming the input and the problem, no
+traceback; 130 after Ctrl-C (one line saying what was kept).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 BAD_INPUT_STATUS = 2
+PEER_FAILED_STATUS = 1
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for an interrupted command
 
 
 def _register_resolvers() -> None:
@@ -111,6 +115,19 @@ def check_overrides(argv: list[str]) -> str | None:
     return None
 
 
+def exit_now(status: int) -> None:
+    """End the process without the interpreter's teardown, after flushing the logs.
+
+    After Ctrl-C or a failure in a distributed run, the teardown (process-group destructors, a writer thread
+    cut short) took about two seconds here and could wait on a peer that is gone; every output file is
+    already complete or left under a temporary name, so nothing it would do is needed.
+    """
+    from gen3c_dist.parallel.watchdog import flush_logs
+
+    flush_logs()
+    os._exit(status)
+
+
 def main() -> None:
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         from gen3c_dist.cli_help import print_help
@@ -134,6 +151,8 @@ def main() -> None:
     @record
     def hydra_entry(dict_cfg) -> None:
         from gen3c_dist.errors import InputError
+        from gen3c_dist.parallel.faults import RankFailedError
+        from gen3c_dist.runner.interrupt import RunInterrupted
         from gen3c_dist.runner.session import run_session
 
         log = logging.getLogger("gen3c_dist")
@@ -145,8 +164,19 @@ def main() -> None:
         try:
             status = run_session(cfg)
         except InputError as err:  # bad input: one clear message on every rank, no traceback
-            log.error("%s", err)
+            if not err.reported:  # the runner prints it itself where a rank could otherwise leave first
+                log.error("%s", err)
             status = BAD_INPUT_STATUS
+        except RankFailedError as err:  # another rank failed and printed its error; this one says so, once
+            if not (err.announced or err.interrupted):
+                log.error("%s", err.summary(int(os.environ.get("RANK", "0"))))
+            status = INTERRUPTED_STATUS if err.interrupted else PEER_FAILED_STATUS
+        except RunInterrupted as interrupt:  # Ctrl-C: what was kept, in one line (the lead's), no traceback
+            if interrupt.kept:
+                log.warning("%s", interrupt.kept)
+            status = INTERRUPTED_STATUS
+        if status != 0 and (status == INTERRUPTED_STATUS or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+            exit_now(status)
         sys.exit(status)
 
     hydra_entry()

@@ -60,6 +60,21 @@ def _to_bytes(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
+_SINK: tuple[Any, RankResult] | None = None  # this process's result queue and result, for report_abandoned
+
+
+def report_abandoned(line: str) -> None:
+    """``fault_guard(before_exit=...)`` hook: the watchdog is about to end this process; send its line as the
+    result (error_type ``"Abandoned"``), since the main thread, blocked in a collective, never will."""
+    if _SINK is None:
+        return
+    out, result = _SINK
+    result.error_type, result.error, result.finished_at = "Abandoned", line, time.time()
+    out.put(_to_bytes(result))
+    out.close()
+    out.join_thread()
+
+
 def _worker(fn: RankFn, rank: int, world_size: int, port: int, args: tuple, config: DistributedConfig, out: Any,
             join_wait_s: float) -> None:
     os.environ.update(
@@ -67,6 +82,8 @@ def _worker(fn: RankFn, rank: int, world_size: int, port: int, args: tuple, conf
     )
     torch.set_num_threads(1)
     result = RankResult(rank=rank)
+    global _SINK
+    _SINK = (out, result)
     env: DistEnv | None = None
     try:
         env = init_distributed(config)

@@ -24,8 +24,10 @@ import torch.nn.functional as F
 
 from gen3c_dist.conditioning.input_image import import_cv2, read_rgb_image
 from gen3c_dist.errors import InputError
+from gen3c_dist.model.safe_load import safe_torch_load
 
-MOGE_HUB_REPO = "Ruicheng/moge-vitl"  # what the official script loads (spec section 1.3 item 5)
+MOGE_HUB_REPO = "Ruicheng/moge-vitl"
+MOGE_LABEL = "checkpoints.moge"  # what the official script loads (spec section 1.3 item 5)
 OFFICIAL_TARGET_H = 704
 OFFICIAL_MOGE_H = 720  # the official depth-prediction height for the 704-row target (spec section 7.1 step 1)
 MASKED_DEPTH = 1000.0  # depth written where MoGe's mask is 0 (sky / invalid), spec section 7.1 step 3
@@ -53,9 +55,9 @@ def _import_moge_v1() -> Any:
     return MoGeModel
 
 
-def _missing_weights_error(path: Optional[str]) -> ValueError:
+def _missing_weights_error(path: Optional[str]) -> InputError:
     where = "no path was given" if path is None else f"{path} does not exist"
-    return ValueError(
+    return InputError(
         f"MoGe weights not found ({where}). GEN3C uses MoGe v1 from Hugging Face `{MOGE_HUB_REPO}`: download its "
         f"`model.pt` (e.g. `huggingface-cli download {MOGE_HUB_REPO} model.pt --local-dir checkpoints/moge-vitl`) "
         "and pass the file as `checkpoints.moge=checkpoints/moge-vitl/model.pt`. Nothing is downloaded at run time."
@@ -78,14 +80,20 @@ def load_moge(path: Optional[str], device: Union[str, torch.device] = "cpu") -> 
     """Build MoGe v1 from a local ``{'model_config': ..., 'model': ...}`` checkpoint, without pickle or network."""
     file = resolve_moge_path(path)
     model_cls = _import_moge_v1()
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    way_on = f"download `{MOGE_HUB_REPO}` model.pt again (README, 'Checkpoints')"
+    checkpoint = safe_torch_load(file, label=MOGE_LABEL, way_on=way_on)
     if not isinstance(checkpoint, dict) or "model_config" not in checkpoint or "model" not in checkpoint:
-        raise InputError(f"MoGe checkpoint {file}: expected a dict with 'model_config' and 'model' (MoGe's format)")
+        raise InputError(f"{MOGE_LABEL} {file}: expected a dict with 'model_config' and 'model' (MoGe's format); "
+                         f"{way_on}")
     config = dict(checkpoint["model_config"])
     if isinstance(config.get("encoder"), dict) or "points_head" in config:
-        raise InputError(f"MoGe checkpoint {file}: this is a MoGe v2 checkpoint; GEN3C uses v1 (`{MOGE_HUB_REPO}`)")
-    model = model_cls(**config)  # builds the backbone with pretrained=False: no download
-    model.load_state_dict(checkpoint["model"], strict=True)
+        raise InputError(f"{MOGE_LABEL} {file}: this is a MoGe v2 checkpoint; GEN3C uses v1 (`{MOGE_HUB_REPO}`)")
+    try:
+        model = model_cls(**config)  # builds the backbone with pretrained=False: no download
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:  # a config or weights of another network
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{MOGE_LABEL} {file}: does not fit MoGe v1 ({first[:300]}); {way_on}") from None
     return model.to(device).eval()
 
 

@@ -41,8 +41,8 @@ from gen3c_dist.errors import InputError
 IntrinsicsSource = Union[str, os.PathLike, np.ndarray]
 SIDECAR_SUFFIXES = (".intrinsics.npy", ".intrinsics.json", ".intrinsics.txt")
 _INTRINSICS_HELP = (
-    "give intrinsics as an .npz key 'intrinsics', the intrinsics argument (config `input.intrinsics`), "
-    "or a sidecar <depth name>.intrinsics.{npy,json,txt}"
+    "give intrinsics as an .npz key 'intrinsics', a file named by `input.intrinsics` (.npy [3, 3], .json or "
+    ".txt), or a sidecar <depth name>.intrinsics.{npy,json,txt}"
 )
 
 
@@ -209,17 +209,23 @@ def load_depth_file(path: Union[str, os.PathLike], *, intrinsics: Optional[Intri
     return depth_hw, _resolve_intrinsics(path, embedded, intrinsics)
 
 
+def check_depth_fits_image(depth_path: Union[str, os.PathLike], depth_hw: tuple[int, ...],
+                           image_path: Union[str, os.PathLike], image_hw: tuple[int, ...]) -> None:
+    """The depth must have the input image's pixel grid (see the module docstring)."""
+    if tuple(depth_hw) != tuple(image_hw):
+        raise InputError(
+            f"depth file {os.fspath(depth_path)}: depth is {depth_hw[1]}x{depth_hw[0]} but the input image "
+            f"{os.fspath(image_path)} is {image_hw[1]}x{image_hw[0]}; they must be pixel-aligned"
+        )
+
+
 def depth_from_file(image_path: Union[str, os.PathLike], depth_path: Union[str, os.PathLike], target_h: int,
                     target_w: int, *, intrinsics: Optional[IntrinsicsSource] = None,
                     png_scale: Optional[float] = None, device: Union[str, torch.device] = "cpu") -> DepthEstimate:
     """The cache inputs from the input image and a user depth file, at the target size (replaces MoGe)."""
     rgb_hw3 = read_rgb_image(image_path)
     depth_hw, k_33 = load_depth_file(depth_path, intrinsics=intrinsics, png_scale=png_scale)
-    if depth_hw.shape != rgb_hw3.shape[:2]:
-        raise InputError(
-            f"depth file {os.fspath(depth_path)}: depth is {depth_hw.shape[1]}x{depth_hw.shape[0]} but the input "
-            f"image {os.fspath(image_path)} is {rgb_hw3.shape[1]}x{rgb_hw3.shape[0]}; they must be pixel-aligned"
-        )
+    check_depth_fits_image(depth_path, depth_hw.shape, image_path, rgb_hw3.shape[:2])
     src_h, src_w = depth_hw.shape
     _, image_13hw = prepare_cache_image(rgb_hw3, target_h, target_w, device)
     depth_11hw = torch.tensor(depth_hw, dtype=torch.float32, device=device)[None, None]

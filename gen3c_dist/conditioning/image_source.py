@@ -74,7 +74,8 @@ class ImageCacheSource:
     def _input_depth(self) -> DepthEstimate:
         inp = self.inputs
         if inp.depth is not None:
-            return depth_from_file(inp.image, inp.depth, inp.height, inp.width, png_scale=inp.depth_png_scale)
+            return depth_from_file(inp.image, inp.depth, inp.height, inp.width, png_scale=inp.depth_png_scale,
+                                   intrinsics=inp.intrinsics)
         if self.moge is None:
             raise InputError("no depth model is loaded and input.depth is not set: give checkpoints.moge or input.depth")
         with self.placement.use("moge", self.moge) as moge:

@@ -86,13 +86,14 @@ def read_rgb_image(path: str | os.PathLike[str]) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])  # BGR -> RGB, [H, W, 3] uint8
 
 
-def validate_input_image(path: str | os.PathLike[str]) -> None:
-    """Fail fast with one ``ValueError`` if ``path`` cannot serve as the input image.
+def validate_input_image(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Fail fast with one ``ValueError`` if ``path`` cannot serve as the input image; else its (height, width).
 
     It decodes the file once (milliseconds for a 720p PNG), so a truncated file is caught too; meant to run on
     every rank before any model loads.
     """
-    read_rgb_image(path)
+    height, width = read_rgb_image(path).shape[:2]
+    return height, width
 
 
 def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 
 from gen3c_dist.conditioning.multiview_inputs import MultiviewInputs, TargetPath, load_multiview
+from gen3c_dist.conditioning.video_conditioner import FixedCacheSource
 from gen3c_dist.config import CacheConfig, InputConfig, TrajectoryConfig
 from gen3c_dist.errors import InputError, input_errors
 from gen3c_dist.geometry.buffer_selector import KeyFrameCache
@@ -41,7 +42,7 @@ def check_multiview_job(inputs: InputConfig, trajectory: TrajectoryConfig) -> No
     load_multiview_job(inputs, trajectory)
 
 
-class MultiviewCacheSource:
+class MultiviewCacheSource(FixedCacheSource):
     """Cache and camera path of a multi-view job. ``placement.compute`` is where the cache lives and renders."""
 
     def __init__(self, inputs: InputConfig, trajectory: TrajectoryConfig, cache_cfg: CacheConfig, *,
@@ -62,9 +63,6 @@ class MultiviewCacheSource:
         self.path = loaded.path
         self.frame0_13HW = key_frames.first_frame_13HW()
 
-    def advance(self, chunk_index: int, last_frame_HW3: torch.Tensor) -> None:
-        """Nothing: the key frames are never updated (official); the last frame only conditions the next chunk."""
-
     def chunk_cameras(self, chunk_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The chunk's 121 target cameras, w2c [1, F, 4, 4] and K [1, F, 3, 3], on the cache's device."""
         assert self.cache is not None and self.path is not None
@@ -76,15 +74,3 @@ class MultiviewCacheSource:
     def preview_buffers(self, num_chunks: int) -> int:
         assert self.cache is not None
         return self.cache.output_buffers  # min(frame_buffer_max, N) in every chunk
-
-    def first_frame(self, dtype: torch.dtype) -> torch.Tensor:
-        """Key frame 0 as [1, 3, 1, H, W] float32 in [-1, 1]; ``dtype`` is not applied (see the module doc)."""
-        assert self.frame0_13HW is not None
-        return self.frame0_13HW[:, :, None]
-
-    # ---- resumption: nothing changes after chunk 0, so a rerun rebuilds everything from the inputs -----------
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.start()

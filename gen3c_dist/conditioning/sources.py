@@ -36,6 +36,7 @@ SOURCE_KEYS: dict[InputMode, str] = {InputMode.image: "image", InputMode.video: 
 _MODE_ONLY_KEYS: dict[str, tuple[InputMode, object]] = {
     "depth": (InputMode.image, None),
     "depth_png_scale": (InputMode.image, None),
+    "intrinsics": (InputMode.image, None),
     "video_format": (InputMode.video, VideoFormat.auto),
     "start_frame": (InputMode.video, 0),
     "vipe_read_mask": (InputMode.video, False),

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gen3c_dist.errors import InputError
+from gen3c_dist.model.safe_load import weight_folder_problem
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,17 @@ def t5_identity(t5_dir: str) -> str:
     return f"{os.path.realpath(t5_dir)}#{digest.hexdigest()}"
 
 
+def t5_folder_error(t5_dir: str, err: Exception) -> InputError:
+    """One line for a T5 folder transformers could not load: the refused weight file, else transformers' reason."""
+    problem = weight_folder_problem(Path(t5_dir))
+    if problem is None:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        # Never pass on advice to load with weights_only=False: the folder is not trusted.
+        problem = "cannot be loaded by transformers" if "weights_only" in str(err) else first[:300]
+    return InputError(f"checkpoints.t5_dir {t5_dir}: {problem}; download `{T5_HUB_NAME}` again (README, "
+                      "'Checkpoints')")
+
+
 def _import_transformers() -> Any:
     try:
         import transformers  # optional extra [text]: only a run with T5 needs it (3 s to import)
@@ -101,10 +113,13 @@ class T5PromptEncoder:
         # transformers >= 5 loads in the checkpoint dtype by default; the official model runs in fp32 (spec 6).
         major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
         dtype_kwarg = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-        self.tokenizer = transformers.T5TokenizerFast.from_pretrained(t5_dir, local_files_only=True)
-        model = transformers.T5EncoderModel.from_pretrained(
-            t5_dir, local_files_only=True, **{dtype_kwarg: torch.float32}
-        )
+        try:
+            self.tokenizer = transformers.T5TokenizerFast.from_pretrained(t5_dir, local_files_only=True)
+            model = transformers.T5EncoderModel.from_pretrained(
+                t5_dir, local_files_only=True, **{dtype_kwarg: torch.float32}
+            )
+        except Exception as err:  # transformers' errors for a bad folder are tracebacks; say it in one line
+            raise t5_folder_error(t5_dir, err) from None
         self.model = model.to(device).eval()
         self.device = torch.device(device)
 

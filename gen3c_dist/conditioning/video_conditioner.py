@@ -107,6 +107,32 @@ class CacheSource(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
+class FixedCacheSource:
+    """What the video and multi-view sources share: a cache built once from the inputs and never updated.
+
+    Chunk 0 is conditioned on the input's own frame 0 (``frame0_13HW``, set by ``start()``), passed as the float32
+    tensor the official scripts pass; later chunks on the last generated frame, which changes nothing in the
+    cache. So a rerun resumes by rebuilding everything from the inputs: the state is empty.
+    """
+
+    frame0_13HW: Optional[torch.Tensor] = None  # set by the subclass's start(), which loads its input
+
+    def advance(self, chunk_index: int, last_frame_HW3: torch.Tensor) -> None:
+        """Nothing: the cache is never updated (official); the last frame only conditions the next chunk."""
+
+    def first_frame(self, dtype: torch.dtype) -> torch.Tensor:
+        """Frame 0 as [1, 3, 1, H, W] float32 in [-1, 1]; ``dtype`` (the tokenizer's) is not applied, as for a
+        decoded frame of a later chunk."""
+        assert self.frame0_13HW is not None
+        return self.frame0_13HW[:, :, None]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.start()
+
+
 TextOpener = Callable[[], ContextManager[Any]]  # lends the session's T5 (runner.models.SessionTextEncoder.open)
 
 

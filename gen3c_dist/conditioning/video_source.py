@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import torch
 
+from gen3c_dist.conditioning.video_conditioner import FixedCacheSource
 from gen3c_dist.conditioning.video_inputs import VideoSourceSpec, check_video_source, load_video_source
 from gen3c_dist.config import CacheConfig, InputConfig, TrajectoryConfig
 from gen3c_dist.errors import input_errors
@@ -47,7 +48,7 @@ def check_video_job(inputs: InputConfig, trajectory: TrajectoryConfig) -> None:
             load_trajectory_file(trajectory.file, num_frames=inputs.num_frames, default_intrinsics_N33=stand_in_K_N33)
 
 
-class VideoCacheSource:
+class VideoCacheSource(FixedCacheSource):
     """Cache and camera path of a video job. ``placement.compute`` is where the cache lives and renders."""
 
     def __init__(self, inputs: InputConfig, trajectory: TrajectoryConfig, cache_cfg: CacheConfig, *,
@@ -77,9 +78,6 @@ class VideoCacheSource:
                 center_depth=traj.center_depth, source_w2c_N44=video.w2c_T44, source_K_N33=video.K_T33,
             )
 
-    def advance(self, chunk_index: int, last_frame_HW3: torch.Tensor) -> None:
-        """Nothing: the 4D cache is never updated (official); the last frame only conditions the next chunk."""
-
     def chunk_cameras(self, chunk_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The chunk's 121 cameras, w2c [1, F, 4, 4] and K [1, F, 3, 3], on the cache's device."""
         assert self.cache is not None and self.w2cs_N44 is not None and self.Ks_N33 is not None
@@ -92,17 +90,3 @@ class VideoCacheSource:
 
     def preview_buffers(self, num_chunks: int) -> int:
         return 1  # every chunk renders one buffer (spec 8.1)
-
-    def first_frame(self, dtype: torch.dtype) -> torch.Tensor:
-        """Source frame 0 as [1, 3, 1, H, W] float32 in [-1, 1]: the official script passes the loaded float32
-        tensor itself (``image_bchw_float[0]``), so ``dtype`` (the tokenizer's) is not applied, as for a decoded
-        frame of a later chunk."""
-        assert self.frame0_13HW is not None
-        return self.frame0_13HW[:, :, None]
-
-    # ---- resumption: nothing changes after chunk 0, so a rerun rebuilds everything from the source -----------
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.start()

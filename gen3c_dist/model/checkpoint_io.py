@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from gen3c_dist.errors import InputError
+from gen3c_dist.model.safe_load import DIT_PICKLE_WAY_ON, DIT_WAY_ON, CheckpointError, refusal, safe_torch_load, safetensors_problem
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -24,23 +24,31 @@ CONFIG_NAME = "config.json"
 OFFICIAL_NAME = "model.pt"
 
 
-class CheckpointError(InputError):
-    """A checkpoint that is missing, unreadable, or does not belong to the configured model."""
+__all__ = ["CONFIG_NAME", "INDEX_NAME", "OFFICIAL_NAME", "SINGLE_NAME", "CheckpointError", "CheckpointReader"]
 
 
 class CheckpointReader:
-    """Key -> tensor access over one checkpoint, whatever its on-disk layout."""
+    """Key -> tensor access over one checkpoint, whatever its on-disk layout.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ``label`` names the input in errors (``checkpoints.dit`` in a run, ``--source`` in the converter).
+    ``state`` is a state dict the caller already holds (the converter's ``--allow-pickle``); then ``path`` is
+    only its name in messages.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, label: str = "checkpoint", state: Optional[dict] = None) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise CheckpointError(f"checkpoint {self.path}: no such file or folder")
+        self.label = label
+        if state is None and not self.path.exists():
+            raise CheckpointError(f"{label} {self.path}: no such file or folder")
         self.config: dict | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._torch_state: dict | None = None
         self._safetensor_files: dict[str, Path] = {}  # key -> file
         self._open_files: dict[Path, object] = {}
-        self._open()
+        if state is None:
+            self._open()
+        else:
+            self._use_state(state, self.path)
 
     # ---- layout detection ----------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -52,7 +60,8 @@ class CheckpointReader:
                 if (path / name).exists():
                     opener(path / name)
                     return
-            raise CheckpointError(f"checkpoint folder {path} holds none of {INDEX_NAME}, {SINGLE_NAME}, {OFFICIAL_NAME}")
+            raise CheckpointError(f"{self.label} {path}: the folder holds none of {INDEX_NAME}, {SINGLE_NAME}, "
+                                  f"{OFFICIAL_NAME}; {DIT_WAY_ON}")
         if path.name.endswith(".index.json"):
             self._open_index(path)
         elif path.suffix == ".safetensors":
@@ -62,25 +71,23 @@ class CheckpointReader:
 
     def _open_torch(self, file: Path) -> None:
         # TransformerEngine stores `_extra_state` as BytesIO; allow exactly that class, nothing else (no pickle).
-        try:
-            with torch.serialization.safe_globals([io.BytesIO]):
-                state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-        except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as err:
-            raise CheckpointError(f"checkpoint {file}: cannot be read as a torch file (truncated or corrupt?): {err}") from err
-        except Exception as err:  # the weights_only unpickler raises UnpicklingError for anything else
-            raise CheckpointError(f"checkpoint {file}: refused by the safe (weights_only) loader: {err}") from err
+        state = safe_torch_load(file, label=self.label, way_on=DIT_WAY_ON, pickle_way_on=DIT_PICKLE_WAY_ON,
+                                allowed=[io.BytesIO], mmap=True)
+        self._use_state(state, file)
+
+    def _use_state(self, state: object, file: Path) -> None:
         if isinstance(state, dict) and isinstance(state.get("model"), dict):  # official layout (spec 2.8)
             state = state["model"]
         elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
-            raise CheckpointError(f"checkpoint {file}: holds a {type(state).__name__}, not a state dict")
+            raise refusal(self.label, file, f"holds a {type(state).__name__}, not a state dict", DIT_WAY_ON)
         self._torch_state = state
         self._shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
         self._non_tensor_keys = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
 
     def _open_safetensors(self, file: Path) -> None:
-        for key, shape in _safetensors_shapes(file).items():
+        for key, shape in _safetensors_shapes(file, self.label).items():
             self._shapes[key] = shape
             self._safetensor_files[key] = file
 
@@ -92,7 +99,7 @@ class CheckpointReader:
         for shard_name in sorted(set(weight_map.values())):
             shard = index_file.parent / shard_name
             if not shard.exists():
-                raise CheckpointError(f"checkpoint index {index_file}: shard {shard_name} is missing")
+                raise CheckpointError(f"{self.label} {index_file}: shard {shard_name} is missing; {DIT_WAY_ON}")
             self._open_safetensors(shard)
         unlisted = sorted(set(self._shapes) - set(weight_map))
         absent = sorted(k for k, f in weight_map.items() if k not in self._shapes)
@@ -121,20 +128,16 @@ def _read_json(file: Path) -> dict:
     try:
         return json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file}: not readable JSON: {err}") from err
+        raise CheckpointError(f"{file}: not readable JSON ({err}); {DIT_WAY_ON}") from None
 
 
-def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
-    """Shapes from the header, also checking that the file is as long as the header says (truncation)."""
+def _safetensors_shapes(file: Path, label: str) -> dict[str, tuple[int, ...]]:
+    """Shapes from the header, after checking the header and that the file is as long as it says (truncation)."""
+    problem = safetensors_problem(file)
+    if problem is not None:
+        raise refusal(label, file, problem, DIT_WAY_ON)
     try:
         with safe_open(str(file), framework="pt", device="cpu") as handle:
-            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"checkpoint {file}: not a readable safetensors file (truncated or corrupt?): {err}") from err
-    with open(file, "rb") as handle:
-        header_len = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(header_len))
-    data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if file.stat().st_size < 8 + header_len + data_end:
-        raise CheckpointError(f"checkpoint {file}: truncated ({file.stat().st_size} bytes, header promises {8 + header_len + data_end})")
-    return shapes
+        raise refusal(label, file, f"damaged (safetensors: {err})", DIT_WAY_ON) from None

@@ -87,9 +87,11 @@ def load_dit(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    label: str = "checkpoint",
 ) -> GEN3CDiT:
-    """Build the DiT on the meta device and fill it from ``path`` (any layout :class:`CheckpointReader` reads)."""
-    reader = CheckpointReader(path)
+    """Build the DiT on the meta device and fill it from ``path`` (any layout :class:`CheckpointReader` reads);
+    ``label`` names the input in errors (the config key)."""
+    reader = CheckpointReader(path, label=label)
     config = config_from_checkpoint(reader, config)
     with torch.device("meta"):
         model = GEN3CDiT(config)

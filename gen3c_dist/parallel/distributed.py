@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from gen3c_dist.config import Backend, DistributedConfig
 from gen3c_dist.errors import InputError
+from gen3c_dist.parallel.watchdog import FAILED_RANK_KEY
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,20 @@ def shutdown_distributed(env: DistEnv, *, wait_s: float | None = None) -> None:
 
     The wait keeps whichever process hosts the store alive until the last rank is done with it: without it, a
     rank that finishes first can take the store (and subgroup rendezvous through it) from under its peers.
+    It ends early when a rank has recorded a failure: that rank will never arrive.
     """
     if env.distributed and dist.is_initialized():
-        arrive_and_wait(dist.distributed_c10d._get_default_store(), EXIT_KEY, env.world_size, wait_s=wait_s)
+        store = dist.distributed_c10d._get_default_store()
+        if arrive_and_wait(store, EXIT_KEY, env.world_size, wait_s=wait_s, abort_key=FAILED_RANK_KEY):
+            dist.destroy_process_group()
+        else:
+            abandon_process_groups()
+
+
+def abandon_process_groups() -> None:
+    """Leave every process group without waiting on a peer that may be gone: NCCL aborts its communicators
+    (``destroy`` could wait on a peer), gloo is destroyed (it never waits)."""
+    if dist.get_backend() == dist.Backend.NCCL:
+        dist.distributed_c10d._abort_process_group()
+    else:
         dist.destroy_process_group()

@@ -1,16 +1,23 @@
-"""Fault guard: one rank's exception must not leave the others waiting forever in a collective.
+"""Fault guard: one rank's exception (or Ctrl-C) ends every rank of the job within seconds, not at a timeout.
 
-Protocol (all through the c10d store the process group already uses):
+Protocol (all through the c10d store the process group already uses; the keys live in
+:mod:`gen3c_dist.parallel.watchdog`):
 
-* The failing rank records ``failed_rank`` and its message (first failure wins) and shuts its process groups
-  down. Peers blocked in a collective with it then fail at their collective timeout (``timeout_s``; gloo and the
-  NCCL watchdog both enforce it), or sooner where the backend notices the closed connection.
-* A peer whose collective fails or times out reads the record and raises :class:`RankFailedError` naming the
-  failed rank. If nobody recorded a failure within ``fault_grace_s``, the error says so (a peer hung, or was
-  killed without running its guard).
-* Before raising, every rank acknowledges in the store and waits (bounded) for the others' acknowledgements:
-  whichever process hosts the store must not exit before the others have read the record. The failing rank
-  then re-raises its own exception, so its process exits non-zero.
+* The failing rank records ``failed_rank`` and its message (the first failure wins), tears its process groups
+  down (NCCL: abort, which never waits on a peer) and waits, at most ``fault_grace_s``, for the others to
+  acknowledge the record; then it re-raises its own exception, so its process exits non-zero and the entry
+  point prints its one line. Waiting matters where a rank hosts the store (no torchrun): the others must have
+  read the record before that host exits.
+* Every rank runs a :class:`~gen3c_dist.parallel.watchdog.FailureWatchdog` while it is inside the guard. A peer
+  sees the record within ``poll_s``, acknowledges, aborts its NCCL communicators and ends its process (status 1)
+  if its main thread has not left the guard ``exit_grace_s`` later, e.g. because it is blocked in a gloo
+  collective. Under torchrun the launcher then stops anything left. Every rank is gone a few seconds after the
+  first failure, whatever the collective timeout (``distributed.timeout_s``) is.
+* A peer whose own collective fails first (the connection closed, a timeout) raises :class:`RankFailedError`
+  naming the failed rank, read from the record; with no record within ``fault_grace_s`` (a peer hung, or was
+  killed without running its guard), the error says so.
+* A :class:`~gen3c_dist.errors.SharedInputError` (every rank raised the same, together) and a
+  :class:`RankFailedError` pass through: no rank is left waiting.
 """
 
 from __future__ import annotations
@@ -18,27 +25,55 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import torch.distributed as dist
 
-from gen3c_dist.errors import SharedInputError
-from gen3c_dist.parallel.distributed import DistEnv
+from gen3c_dist.errors import InputError, SharedInputError
+from gen3c_dist.parallel.distributed import DistEnv, abandon_process_groups
+from gen3c_dist.parallel.watchdog import (
+    ACK_KEY,
+    FAILED_RANK_KEY,
+    INTERRUPTED,
+    MESSAGE_KEY,
+    FailureWatchdog,
+    read_failure,
+    record_failure,
+    stopped_line,
+    wait_for_acks,
+)
 
 log = logging.getLogger(__name__)
 
-FAILED_RANK_KEY = "gen3c_dist/fault/failed_rank"
-MESSAGE_KEY = "gen3c_dist/fault/message"
-ACK_KEY = "gen3c_dist/fault/acks"
+__all__ = ["ACK_KEY", "FAILED_RANK_KEY", "MESSAGE_KEY", "RankFailedError", "fault_guard", "is_communication_error"]
+INTERRUPT_ACK_WAIT_S = 1.0
 _COMM_ERROR_MARKERS = ("gloo", "nccl", "timed out", "connection reset", "connection closed", "processgroup", "watchdog")
 
 
 class RankFailedError(RuntimeError):
-    """Raised on the ranks that were left waiting; ``failed_rank`` is None when no rank reported."""
+    """Raised on the ranks that were left waiting; ``failed_rank`` is None when no rank reported.
 
-    def __init__(self, message: str, *, failed_rank: int | None) -> None:
+    ``announced`` is True when this rank's watchdog already printed the line naming the failed rank, so the
+    entry point does not print it twice.
+    """
+
+    def __init__(self, message: str, *, failed_rank: int | None, announced: bool = False,
+                 interrupted: bool = False) -> None:
         super().__init__(message)
         self.failed_rank = failed_rank
+        self.announced = announced
+        self.interrupted = interrupted  # the failed rank was stopped by Ctrl-C
+
+    def summary(self, rank: int) -> str:
+        """The line this rank prints: the failed rank prints its own error, so it is not repeated here."""
+        return str(self) if self.failed_rank is None else stopped_line(rank, self.failed_rank)
+
+
+def report_input_error(err: InputError) -> None:
+    """Print a bad input's one line (``[rank R] ERROR gen3c_dist: ...``) once; see :attr:`InputError.reported`."""
+    if not err.reported:
+        logging.getLogger("gen3c_dist").error("%s", err)
+        err.reported = True
 
 
 def is_communication_error(exc: BaseException) -> bool:
@@ -49,44 +84,39 @@ def is_communication_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(marker in text for marker in _COMM_ERROR_MARKERS)
 
 
-def _read_failure(store: dist.Store, *, wait_s: float) -> tuple[int, str] | None:
+def _wait_for_record(store: dist.Store, *, wait_s: float) -> tuple[int, str] | None:
     deadline = time.monotonic() + wait_s
     while True:
-        if store.check([FAILED_RANK_KEY]):
-            return int(store.get(FAILED_RANK_KEY).decode()), store.get(MESSAGE_KEY).decode()
-        if time.monotonic() >= deadline:
-            return None
+        record = read_failure(store)
+        if record is not None or time.monotonic() >= deadline:
+            return record
         time.sleep(0.05)
 
 
-def _acknowledge_and_wait(env: DistEnv, store: dist.Store, *, wait_s: float) -> None:
-    """Count this rank as done, then wait (bounded) for the rest: whichever rank hosts the store must outlive
-    the others' reads of the failure record."""
-    deadline = time.monotonic() + wait_s
-    try:
-        store.add(ACK_KEY, 1)
-        while store.add(ACK_KEY, 0) < env.world_size and time.monotonic() < deadline:
-            time.sleep(0.05)
-    except (RuntimeError, OSError):  # the store's host already left: nothing more to wait for
-        pass
+def _report_and_release(env: DistEnv, store: dist.Store, watchdog: FailureWatchdog, exc: BaseException) -> None:
+    message = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"[:2000]
+    if isinstance(exc, InputError):  # its one line, printed before the record lets any peer stop (and exit)
+        report_input_error(exc)
+    winner = record_failure(store, env.rank, message)
+    if winner != env.rank:  # another rank failed first; this rank has seen its record
+        watchdog.acknowledge()
+    abandon_process_groups()  # `store` stays alive through our reference for the peers to read
+    if winner == env.rank or env.rank == 0:  # rank 0 may host the store (no torchrun): the others read it there
+        # After Ctrl-C every rank is stopping anyway: a short wait keeps the exit quick.
+        wait_s = min(env.fault_grace_s, INTERRUPT_ACK_WAIT_S) if message == INTERRUPTED else env.fault_grace_s
+        wait_for_acks(store, env.world_size, wait_s=wait_s)
 
 
-def _report_and_release(env: DistEnv, store: dist.Store, exc: BaseException) -> None:
-    message = f"{type(exc).__name__}: {exc}"[:2000]
-    if store.compare_set(FAILED_RANK_KEY, "", str(env.rank)).decode() == str(env.rank):
-        store.set(MESSAGE_KEY, message)
-    log.error("rank %d failed (%s); releasing its peers", env.rank, message)
-    dist.destroy_process_group()  # `store` stays alive through our reference for the peers to read
-    # Peers notice at their collective timeout at the latest, then read the record and acknowledge.
-    _acknowledge_and_wait(env, store, wait_s=env.timeout_s + 2 * env.fault_grace_s)
-
-
-def _peer_error(env: DistEnv, store: dist.Store, exc: BaseException) -> RankFailedError:
-    try:
-        record = _read_failure(store, wait_s=env.fault_grace_s)
-    except (RuntimeError, OSError):  # the store's host is gone too
-        record = None
-    _acknowledge_and_wait(env, store, wait_s=env.fault_grace_s)
+def _peer_error(env: DistEnv, store: dist.Store, watchdog: FailureWatchdog, exc: BaseException) -> RankFailedError:
+    record, announced = watchdog.tripped, watchdog.tripped is not None
+    if record is None:
+        try:
+            record = _wait_for_record(store, wait_s=env.fault_grace_s)
+        except (RuntimeError, OSError):  # the store's host is gone too
+            record = None
+    watchdog.acknowledge()
+    if env.rank == 0 and record is not None:  # it may host the store (no torchrun): the others read it there
+        wait_for_acks(store, env.world_size, wait_s=env.fault_grace_s)
     if record is None:
         return RankFailedError(
             f"rank {env.rank} stopped: a collective failed ({exc}) and no rank reported an error within "
@@ -94,24 +124,41 @@ def _peer_error(env: DistEnv, store: dist.Store, exc: BaseException) -> RankFail
             failed_rank=None,
         )
     failed, message = record
-    return RankFailedError(f"rank {env.rank} stopped because rank {failed} failed: {message}", failed_rank=failed)
+    return RankFailedError(f"rank {env.rank} stopped because rank {failed} failed: {message}", failed_rank=failed,
+                           announced=announced, interrupted=message == INTERRUPTED)
 
 
 @contextlib.contextmanager
-def fault_guard(env: DistEnv) -> Iterator[None]:
-    """Wrap a whole distributed run. Single-process runs pass straight through."""
+def fault_guard(env: DistEnv, *, before_exit: Optional[Callable[[str], None]] = None,
+                exit_grace_s: float = 1.0) -> Iterator[None]:
+    """Wrap a whole distributed run. Single-process runs pass straight through.
+
+    ``before_exit`` and ``exit_grace_s`` go to the :class:`FailureWatchdog` (see there).
+    """
     if not env.distributed:
         yield
         return
+    store = dist.distributed_c10d._get_default_store()
+    # One store request per poll and rank: a slower poll on large jobs keeps the store's load bounded.
+    watchdog = FailureWatchdog(env.rank, env.world_size, store, poll_s=max(0.2, env.world_size / 1000),
+                               exit_grace_s=exit_grace_s, ack_wait_s=env.fault_grace_s,
+                               before_exit=before_exit).start()
     try:
         yield
-    except (RankFailedError, SharedInputError):  # nobody is left waiting: every rank raises the same
+    except SharedInputError:  # every rank raises the same, together: nobody is left waiting
+        raise
+    except RankFailedError as exc:  # raised where a rank waits on the store (the end-of-run rendezvous)
+        watchdog.stop()
+        watchdog.acknowledge()
+        exc.announced = exc.announced or watchdog.tripped is not None
         raise
     except (Exception, KeyboardInterrupt) as exc:
+        watchdog.stop()  # from here this thread reports; `tripped` says whether the watchdog already did
         if not dist.is_initialized():  # failed before init or after teardown: nobody to tell
             raise
-        store = dist.distributed_c10d._get_default_store()
-        if is_communication_error(exc):
-            raise _peer_error(env, store, exc) from exc
-        _report_and_release(env, store, exc)
+        if not isinstance(exc, KeyboardInterrupt) and (watchdog.tripped is not None or is_communication_error(exc)):
+            raise _peer_error(env, store, watchdog, exc) from exc
+        _report_and_release(env, store, watchdog, exc)  # Ctrl-C on this rank counts as its own failure
         raise
+    finally:
+        watchdog.stop()

@@ -14,7 +14,8 @@ from typing import Any
 import torch.distributed as dist
 
 from gen3c_dist.parallel.distributed import DistEnv, arrive_and_wait
-from gen3c_dist.parallel.faults import FAILED_RANK_KEY, MESSAGE_KEY, RankFailedError
+from gen3c_dist.parallel.faults import FAILED_RANK_KEY, RankFailedError
+from gen3c_dist.parallel.watchdog import INTERRUPTED, read_failure
 
 SUMMARY_KEY = "gen3c_dist/summary"
 
@@ -26,7 +27,7 @@ def exchange_summaries(env: DistEnv, summary: dict[str, Any]) -> list[dict[str, 
     store = dist.distributed_c10d._get_default_store()
     store.set(f"{SUMMARY_KEY}/{env.rank}", json.dumps(summary))
     if not arrive_and_wait(store, f"{SUMMARY_KEY}/arrived", env.world_size, wait_s=None, abort_key=FAILED_RANK_KEY):
-        failed = int(store.get(FAILED_RANK_KEY).decode())
-        raise RankFailedError(f"rank {env.rank} stopped because rank {failed} failed: "
-                              f"{store.get(MESSAGE_KEY).decode()}", failed_rank=failed)
+        failed, message = read_failure(store)
+        raise RankFailedError(f"rank {env.rank} stopped because rank {failed} failed: {message}", failed_rank=failed,
+                              interrupted=message == INTERRUPTED)
     return [json.loads(store.get(f"{SUMMARY_KEY}/{rank}").decode()) for rank in range(env.world_size)]

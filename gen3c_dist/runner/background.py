@@ -15,6 +15,7 @@ With ``runtime.overlap=false`` both run inline, which is the reference the overl
 from __future__ import annotations
 
 import concurrent.futures
+import queue
 import threading
 import time
 from typing import Any, Callable, Generic, Optional, TypeVar
@@ -25,9 +26,21 @@ T = TypeVar("T")
 
 
 class BackgroundWriter:
+    """Writes run in submission order on one daemon thread (inline when disabled).
+
+    A daemon thread, not a thread pool: the interpreter does not wait for a daemon thread at exit, so after
+    Ctrl-C (:meth:`abandon`) the process ends at once even while a long mp4 write is under way. Every write
+    goes through a temporary file renamed when complete (:mod:`gen3c_dist.runner.outputs`), so a write cut
+    short leaves only a temporary file, which the next start removes.
+    """
+
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gen3c-writer") if enabled else None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        if enabled:
+            self._thread = threading.Thread(target=self._work, name="gen3c-writer", daemon=True)
+            self._thread.start()
         self._pending: list[concurrent.futures.Future] = []
         self.busy_s = 0.0  # seconds the worker spent writing (for the record's "write" stage)
         self._lock = threading.Lock()
@@ -40,13 +53,25 @@ class BackgroundWriter:
             with self._lock:
                 self.busy_s += time.perf_counter() - start
 
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():  # cancelled by abandon()
+                continue
+            try:
+                future.set_result(self._timed(fn, args, kwargs))
+            except BaseException as err:  # handed to the main thread by check() / drain()
+                future.set_exception(err)
+
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run ``fn(*args, **kwargs)`` after every earlier submission; inline when disabled."""
-        if self._pool is None:
+        if self._thread is None:
             self._timed(fn, args, kwargs)
             return
         self.check()
-        self._pending.append(self._pool.submit(self._timed, fn, args, kwargs))
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._pending.append(future)
+        self._queue.put((future, fn, args, kwargs))
 
     def check(self) -> None:
         """Raise the first error of a finished write, without waiting for the rest."""
@@ -66,9 +91,20 @@ class BackgroundWriter:
         if errors:
             raise errors[0]
 
+    def abandon(self, wait_s: float) -> bool:
+        """Cancel the writes not started yet and wait at most ``wait_s`` for the running one (Ctrl-C).
+
+        Returns True when no write is running any more (the caller may then remove the temporary files)."""
+        pending, self._pending = self._pending, []
+        running = [future for future in pending if not future.cancel()]
+        done, _ = concurrent.futures.wait(running, timeout=wait_s)
+        return len(done) == len(running)
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        """Stop the worker after the writes already submitted (:meth:`drain` first to see their errors)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread = None
 
 
 class Background(Generic[T]):

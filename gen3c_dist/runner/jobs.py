@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from gen3c_dist.conditioning.depth_file import load_depth_file
+from gen3c_dist.conditioning.depth_file import check_depth_fits_image, load_depth_file
 from gen3c_dist.config_checks import check_fields
 from gen3c_dist.conditioning.input_image import validate_input_image
 from gen3c_dist.conditioning.multiview_source import check_multiview_job
@@ -40,6 +40,7 @@ BATCH_KEYS: dict[str, tuple[str, str, tuple[type, ...]]] = {
     "start_frame": ("input", "start_frame", (int,)),
     "vipe_read_mask": ("input", "vipe_read_mask", (bool,)),
     "key_frames": ("input", "key_frames", (str,)),
+    "intrinsics": ("input", "intrinsics", (str,)),
     "prompt": ("input", "prompt", (str,)),
     "negative_prompt": ("input", "negative_prompt", (str,)),
     "frames": ("input", "num_frames", (int,)),
@@ -77,6 +78,8 @@ def check_num_frames(n: int) -> int:
 def _check_source_path(inputs: InputConfig, mode: InputMode) -> None:
     key = SOURCE_KEYS[mode]
     path = Path(getattr(inputs, key))
+    if mode == InputMode.image and path.is_dir():
+        raise InputError(f"input.image {path}: is a folder; give the path of an image file")
     if mode == InputMode.image and not path.is_file():
         raise InputError(f"input.image {path}: no such file")
     if not path.exists():
@@ -181,13 +184,17 @@ def input_checks() -> list[Callable[[VideoJob], None]]:
     """Per-job checks that read file headers and small arrays only (cheap enough for every rank); each applies
     to the modes it names."""
 
-    def image(job: VideoJob) -> None:
-        if input_mode(job.input) == InputMode.image:
-            validate_input_image(job.input.image)
-
-    def depth(job: VideoJob) -> None:
-        if job.input.depth is not None:  # image jobs only (validate_job refuses it elsewhere)
-            load_depth_file(job.input.depth, png_scale=job.input.depth_png_scale)
+    def image_and_depth(job: VideoJob) -> None:
+        if input_mode(job.input) != InputMode.image:
+            return
+        image_hw = validate_input_image(job.input.image)
+        if job.input.depth is not None:
+            depth_hw, _ = load_depth_file(job.input.depth, png_scale=job.input.depth_png_scale,
+                                          intrinsics=job.input.intrinsics)
+            check_depth_fits_image(job.input.depth, depth_hw.shape, job.input.image, image_hw)
+        elif job.input.intrinsics is not None:
+            raise InputError("input.intrinsics is set without input.depth: it gives the depth file's intrinsics "
+                             "(MoGe estimates its own)")
 
     def trajectory(job: VideoJob) -> None:
         if job.trajectory.file is not None and input_mode(job.input) == InputMode.image:  # the others check theirs
@@ -206,7 +213,7 @@ def input_checks() -> list[Callable[[VideoJob], None]]:
             raise InputError(f"input.height/width = {job.input.height}x{job.input.width} must be positive multiples "
                              "of 16 (tokenizer x8, patch x2)")
 
-    return [size, image, depth, trajectory, video, key_frames]
+    return [size, image_and_depth, trajectory, video, key_frames]
 
 
 def collect_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
@@ -225,9 +232,3 @@ def collect_jobs(cfg: RunConfig) -> tuple[list[VideoJob], list[RejectedLine]]:
         except InputError as err:
             rejected.append(RejectedLine(job.index, f"batch line {job.index + 1} ({job.name}): {err}"))
     return jobs, sorted(rejected, key=lambda r: r.index)
-
-
-def is_complete(job: VideoJob, cfg: RunConfig) -> bool:
-    """The JSON record is written last, so its presence (with the mp4) means the video is complete."""
-    stem = job.stem(cfg.output.dir)
-    return stem.with_suffix(".json").exists() and stem.with_suffix(".mp4").exists()

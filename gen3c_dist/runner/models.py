@@ -174,7 +174,7 @@ def load_dit_for_run(cfg: RunConfig, *, device: torch.device, dtype: torch.dtype
     if ck.dit is None:
         logger.info("DiT: seeded random weights (checkpoints.random_weights)")
         return random_dit(cfg.model, seed=ck.random_seed, device=device, dtype=dtype)
-    return load_dit(ck.dit, cfg.model, device=device, dtype=dtype)
+    return load_dit(ck.dit, cfg.model, device=device, dtype=dtype, label="checkpoints.dit")
 
 
 def load_tokenizer(cfg: RunConfig, *, device: torch.device, dtype: torch.dtype) -> VideoTokenizer:

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import imageio
 import numpy as np
@@ -24,11 +24,20 @@ import torch
 from safetensors.torch import save_file
 
 from gen3c_dist.errors import InputError
+from gen3c_dist.runner.leftovers import temporary_name
+
+
+# Files are created with the mode the umask gives (as open() does); safetensors' writer creates them 0600, so
+# they are set explicitly. Read once, at import, on the main thread: os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def temporary_sibling(final: Path) -> Path:
-    """A hidden name beside ``final`` with the same suffix (writers infer the format from it), unique per process."""
-    return final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+    """A hidden name beside ``final`` with the same suffix (writers infer the format from it), unique per process
+    and host; one left by a killed run is removed at the next start (:mod:`gen3c_dist.runner.leftovers`)."""
+    return final.with_name(temporary_name(final.stem, final.suffix))
 
 
 @contextlib.contextmanager
@@ -93,10 +102,9 @@ def write_json(final: Path, record: dict) -> None:
 
 
 def write_safetensors(final: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
     with atomic_path(final) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, FILE_MODE)
 
 
 def resolve_output_stem(output_dir: str | os.PathLike, name: str) -> Path:
@@ -115,7 +123,7 @@ def check_writable_dir(output_dir: str | os.PathLike) -> Path:
     root = Path(output_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-probe-{os.getpid()}"
+        probe = root / temporary_name("write-probe", "")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
@@ -133,8 +141,12 @@ class ChunkResult:
 
 
 class VideoOutputs:
-    def __init__(self, stem: Path, *, fps: int, save_latents: bool, save_buffer: bool) -> None:
+    """``fingerprint`` (:class:`gen3c_dist.runner.fingerprint.Fingerprint`) goes into the record and the partial
+    state, so a rerun can tell whether these files are its own."""
+
+    def __init__(self, stem: Path, *, fps: int, save_latents: bool, save_buffer: bool, fingerprint: Any = None) -> None:
         self.stem = stem
+        self.fingerprint = fingerprint
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         self.save_latents = save_latents
         self.video = Mp4Stream(self.stem.with_suffix(".mp4"), fps=fps)

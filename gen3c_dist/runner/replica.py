@@ -46,10 +46,19 @@ class RunSettings:
     tokenizer_shared: bool  # parallel.tokenizer=group with more than one rank in the replica to share it
 
 
+def resolve_device(cfg: RunConfig, env: DistEnv) -> torch.device:
+    return env.device if cfg.runtime.device == "auto" else torch.device(cfg.runtime.device)
+
+
+def resolve_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
+    if cfg.runtime.dtype == DType.auto:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[cfg.runtime.dtype]
+
+
 def resolve_settings(cfg: RunConfig, env: DistEnv, layout: ParallelLayout) -> RunSettings:
-    device = env.device if cfg.runtime.device == "auto" else torch.device(cfg.runtime.device)
-    dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if cfg.runtime.dtype == DType.auto \
-        else DTYPES[cfg.runtime.dtype]
+    device = resolve_device(cfg, env)
+    dtype = resolve_dtype(cfg, device)
     overlap = device.type == "cuda" if cfg.runtime.overlap is None else bool(cfg.runtime.overlap)
     shared = cfg.parallel.tokenizer == TokenizerPlacement.group and env.distributed and layout.replica_size > 1
     return RunSettings(device=device, dtype=dtype, overlap=overlap, tokenizer_shared=shared)

@@ -9,6 +9,7 @@ once instead of every frame so far. ``state.safetensors`` is replaced after the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -40,15 +41,34 @@ class PartialState:
         if not self.state_file.exists():
             return None
         meta, state = _read(self.state_file)
-        if meta.get("fingerprint") != self.fingerprint:
-            raise InputError(
-                f"{self.folder} holds a partial run made with different settings; delete it or choose another output.name"
-            )
+        if meta.get("fingerprint") != self.fingerprint:  # checked before models load; this is the backstop
+            raise InputError(f"{self.folder} was made with other settings; to keep it, choose a new output.name; "
+                             "to replace it, add output.overwrite=true")
         chunks = []
         for index in range(int(meta["chunks_done"])):
             _, tensors = _read(self.chunk_file(index))
             chunks.append(ChunkResult(tensors["frames"].numpy(), tensors["preview"].numpy(), tensors["latent"]))
         return Resumed(chunks=chunks, state=state)
+
+    def stored_fingerprint(self) -> Optional[dict]:
+        """The fingerprint table the state on disk was made with; None without a state, {} for an older
+        format (a bare digest)."""
+        if not self.state_file.exists():
+            return None
+        with safe_open(str(self.state_file), framework="pt") as handle:
+            text = (handle.metadata() or {}).get("fingerprint", "")
+        try:
+            parts = json.loads(text)
+        except json.JSONDecodeError:
+            return {}
+        return parts if isinstance(parts, dict) else {}
+
+    def chunks_saved(self) -> int:
+        """How many chunks the state on disk counts (0 without one); reads the header only."""
+        if not self.state_file.exists():
+            return 0
+        with safe_open(str(self.state_file), framework="pt") as handle:
+            return int((handle.metadata() or {}).get("chunks_done", 0))
 
     def save(self, index: int, chunk: ChunkResult, state: dict[str, torch.Tensor]) -> None:
         """After chunk ``index`` completes: its file first, then the state that makes it count."""

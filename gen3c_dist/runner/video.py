@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import sys
 from typing import Callable, Optional
@@ -89,20 +87,6 @@ def denoise_chunk(forward_fn: ForwardFn, cond: ChunkConditioning, *, split: Opti
 
 
 # ---- the chunk loop ---------------------------------------------------------------------------------------------
-def settings_fingerprint(job: VideoJob, cfg: RunConfig) -> str:
-    """What must not change between a run and its resumption."""
-    relevant = {
-        "job": dataclasses.asdict(job),
-        "model": dataclasses.asdict(cfg.model),
-        "checkpoints": dataclasses.asdict(cfg.checkpoints),
-        "cache": dataclasses.asdict(cfg.cache),
-        "text": dataclasses.asdict(cfg.text),
-        "tokenizer": dataclasses.asdict(cfg.tokenizer),
-        "sampler": dataclasses.asdict(cfg.sampler),
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _resume(job: VideoJob, cfg: RunConfig, conditioner: VideoConditioner, partial: PartialState,
             outputs: VideoOutputs, writer: BackgroundWriter) -> tuple[int, Optional[torch.Tensor]]:
     """Chunks already done and the last frame so far; their frames are re-fed to the new mp4 streams."""
@@ -137,7 +121,7 @@ def generate_video(job: VideoJob, *, cfg: RunConfig, replica: Replica, models: L
     partial = last_frame = None
     start = 0
     if replica.is_lead:
-        partial = PartialState(outputs.stem, settings_fingerprint(job, cfg))
+        partial = PartialState(outputs.stem, outputs.fingerprint.serialised())
         start, last_frame = _resume(job, cfg, conditioner, partial, outputs, writer)
     start = replica.share_int(start)
     forward_fn = None

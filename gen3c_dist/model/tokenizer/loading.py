@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from gen3c_dist.errors import InputError
+from gen3c_dist.model.safe_load import OFFICIAL_DOWNLOAD, CheckpointError, describe_unreadable, safe_torch_load
 
 ENCODER_FILE = "encoder.jit"
 DECODER_FILE = "decoder.jit"
@@ -35,7 +35,7 @@ REBUILT_BUFFERS = (
 )
 
 
-class TokenizerLoadError(InputError):
+class TokenizerLoadError(CheckpointError):
     """A tokenizer file is missing, unreadable, or does not fit the configured network."""
 
 
@@ -49,14 +49,21 @@ def require_files(folder: str | Path, names: tuple[str, ...]) -> dict[str, Path]
     return {name: folder / name for name in names}
 
 
+LABEL = "checkpoints.tokenizer_dir file"
+
+
 def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """``torch.jit.load`` on the CPU. The released files are TorchScript, so its deprecation notice is muted."""
+    """``torch.jit.load`` on the CPU. The released files are TorchScript, so its deprecation notice is muted.
+
+    TorchScript archives carry their own restricted format (tensors, TorchScript types and code), not Python
+    pickles; nothing of the file runs here but the read of its weights."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # torch raises RuntimeError/ValueError variants depending on the damage
-        raise TokenizerLoadError(f"cannot read TorchScript file {path}: {err}") from err
+        problem = describe_unreadable(Path(path), err, torchscript=True)
+        raise TokenizerLoadError(f"{LABEL} {path}: {problem}; {OFFICIAL_DOWNLOAD}") from None
 
 
 def read_jit_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -123,10 +130,7 @@ def latent_stats_from_pair(mean: torch.Tensor, std: torch.Tensor, latent_ch: int
 
 def load_mean_std(path: str | Path, latent_ch: int, latent_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``mean_std.pt`` -> (mean, std), each (1, latent_ch, latent_frames, 1, 1) float32."""
-    try:
-        pair = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in several types
-        raise TokenizerLoadError(f"cannot read {path}: {err}") from err
+    pair = safe_torch_load(path, label=LABEL)
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TokenizerLoadError(f"{path} must hold a pair (mean, std), found {type(pair).__name__}")
     return latent_stats_from_pair(pair[0], pair[1], latent_ch, latent_frames, str(path))
