@@ -139,14 +139,14 @@ def main() -> None:
         print(f"gen3c_dist: invalid configuration: {problem}", file=sys.stderr)
         sys.exit(BAD_INPUT_STATUS)
     import hydra
-    from torch.distributed.elastic.multiprocessing.errors import record
-
     from gen3c_dist.config import register_configs
+    from gen3c_dist.parallel.error_record import record
 
     register_configs()
     _register_resolvers()
     # record() writes an uncaught exception (a bug, not a bad input) to torchrun's error file, which the
     # launcher prints naming the failing rank, then re-raises it; Hydra prints its traceback and exits 1.
+    # It is torch's decorator except that it keeps the record the fault guard already wrote (error_record).
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="gen3c_7b")
     @record
     def hydra_entry(dict_cfg) -> None:

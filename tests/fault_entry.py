@@ -6,7 +6,9 @@
 the second call of the guided model) or ``decode`` (on entering the chunk's decode). The failing rank raises an
 :class:`InputError` there, the way a late-found bad input would, so its line is the one-line kind. When
 ``GEN3C_TEST_FAIL_STAMP`` names a file, the failing rank writes the wall-clock time of the failure into it
-just before raising, so a test can measure how long every rank took to exit after it.
+just before raising, so a test can measure how long every rank took to exit after it. With
+``GEN3C_TEST_FAIL_KIND=bug`` it raises a ``RuntimeError`` instead: a bug, not a bad input, whose traceback the
+entry point must keep and whose rank torchrun's error record must name.
 
 The runner itself has no test hook: this script patches the stage functions before calling the real entry
 point, so nothing here is on the production path. Run it with ``-m`` from the repository root, so that the
@@ -29,7 +31,10 @@ def _fail(stage: str) -> None:
     if stamp:
         with open(stamp, "w") as handle:
             handle.write(repr(time.time()))
-    raise InputError(f"injected failure in {stage} on rank {os.environ.get('RANK', '0')}")
+    message = f"injected failure in {stage} on rank {os.environ.get('RANK', '0')}"
+    if os.environ.get("GEN3C_TEST_FAIL_KIND", "input") == "bug":
+        raise RuntimeError(message)
+    raise InputError(message)
 
 
 def _failing_before(method, stage: str):

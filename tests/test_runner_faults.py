@@ -149,3 +149,30 @@ def test_ctrl_c_stops_every_rank_within_3_s_and_says_what_was_kept(tmp_path: Pat
     if nproc == 1:
         assert run.proc.returncode == 130
         assert not [p for p in os.listdir(out) if ".tmp-" in p], os.listdir(out)
+
+
+@pytest.mark.parametrize("nproc, failing_rank, stage", [(2, 1, "denoise"), (3, 2, "conditioning")])
+def test_a_bug_keeps_its_traceback_and_torchrun_names_the_failing_rank(tmp_path: Path, nproc: int,
+                                                                       failing_rank: int, stage: str):
+    """Not a bad input but a bug (a RuntimeError on a rank other than 0): its traceback is printed, each peer
+    says once why it stopped, and torchrun's error record gives the failing rank as the root cause, though the
+    peers exit first (a tie in torchrun's whole-second timestamps used to name rank 0)."""
+    run = CliProcess([*DEMO, f"output.dir={tmp_path / 'out'}"], nproc=nproc, module="tests.fault_entry",
+                     env={"GEN3C_TEST_FAIL": f"{failing_rank}:{stage}", "GEN3C_TEST_FAIL_KIND": "bug"})
+    try:
+        run.wait(timeout=200)
+    finally:
+        run.kill()
+    output, error = run.output, f"RuntimeError: injected failure in {stage} on rank {failing_rank}"
+    assert run.proc.returncode != 0
+    assert runner_traceback(output) and error in output, output[-3000:]
+    root_cause = output.split("Root Cause (first observed failure):", 1)
+    assert len(root_cause) == 2, output[-3000:]
+    record = root_cause[1].split("=" * 20, 1)[0]
+    assert re.search(rf"rank\s*:\s*{failing_rank} \(local_rank: {failing_rank}\)", record), record
+    assert "tests/fault_entry.py" in record and error in record, record  # the record holds the traceback
+    for peer in set(range(nproc)) - {failing_rank}:
+        peer_line = (f"[rank {peer}] ERROR gen3c_dist: rank {peer} stopped because rank {failing_rank} failed "
+                     f"(its error is printed by rank {failing_rank})")
+        assert output.count(peer_line) == 1, output[-3000:]
+    assert not (tmp_path / "out" / "demo.mp4").exists()

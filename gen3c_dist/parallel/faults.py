@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from gen3c_dist.errors import InputError, SharedInputError
 from gen3c_dist.parallel.distributed import DistEnv, abandon_process_groups
+from gen3c_dist.parallel.error_record import outlast_peer_record, publish_record_time, write_error_record
 from gen3c_dist.parallel.watchdog import (
     ACK_KEY,
     FAILED_RANK_KEY,
@@ -97,6 +98,8 @@ def _report_and_release(env: DistEnv, store: dist.Store, watchdog: FailureWatchd
     message = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"[:2000]
     if isinstance(exc, InputError):  # its one line, printed before the record lets any peer stop (and exit)
         report_input_error(exc)
+    elif not isinstance(exc, KeyboardInterrupt):  # a bug: torchrun's record, before any peer may stop
+        publish_record_time(store, write_error_record(exc))
     winner = record_failure(store, env.rank, message)
     if winner != env.rank:  # another rank failed first; this rank has seen its record
         watchdog.acknowledge()
@@ -151,13 +154,16 @@ def fault_guard(env: DistEnv, *, before_exit: Optional[Callable[[str], None]] = 
         watchdog.stop()
         watchdog.acknowledge()
         exc.announced = exc.announced or watchdog.tripped is not None
+        outlast_peer_record(store)
         raise
     except (Exception, KeyboardInterrupt) as exc:
         watchdog.stop()  # from here this thread reports; `tripped` says whether the watchdog already did
         if not dist.is_initialized():  # failed before init or after teardown: nobody to tell
             raise
         if not isinstance(exc, KeyboardInterrupt) and (watchdog.tripped is not None or is_communication_error(exc)):
-            raise _peer_error(env, store, watchdog, exc) from exc
+            peer_error = _peer_error(env, store, watchdog, exc)
+            outlast_peer_record(store)
+            raise peer_error from exc
         _report_and_release(env, store, watchdog, exc)  # Ctrl-C on this rank counts as its own failure
         raise
     finally:

@@ -30,6 +30,8 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from gen3c_dist.parallel.error_record import outlast_peer_record
+
 log = logging.getLogger("gen3c_dist")
 
 FAILED_RANK_KEY = "gen3c_dist/fault/failed_rank"
@@ -156,6 +158,7 @@ class FailureWatchdog:
             return  # the main thread left the guard by itself and reports the failure there
         if self.rank == 0:  # rank 0 hosts the store without torchrun: the others must have read the record first
             wait_for_acks(self._store, self.world_size, wait_s=self.ack_wait_s)
+        outlast_peer_record(self._store)  # torchrun's root cause must be the failed rank (see error_record)
         if self.before_exit is not None:
             self.before_exit(line)
         flush_logs()
