@@ -9,17 +9,14 @@ import torch
 
 from gen3c_dist.geometry.camera import generate_video_trajectory
 from gen3c_dist.geometry.cache4d import Cache4D
-from tests.video_utils import small_video
+from tests.video_utils import small_video_tensors
 
 T, H, W = 9, 48, 64  # large enough that the 5x5 depth-edge filter keeps most points
 
 
 @functools.lru_cache(maxsize=None)
 def _video() -> dict[str, torch.Tensor]:
-    v = small_video(T, H, W)
-    return {"frames": torch.from_numpy(v["frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1,
-            "depth": torch.from_numpy(v["depth"])[:, None], "mask": torch.from_numpy(v["mask"]).float()[:, None],
-            "w2c": torch.from_numpy(v["w2c"]), "K": torch.from_numpy(v["intrinsics"])}
+    return small_video_tensors(T, H, W)
 
 
 def _cache(v: dict[str, torch.Tensor], **kwargs) -> Cache4D:

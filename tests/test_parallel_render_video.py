@@ -19,7 +19,7 @@ from gen3c_dist.geometry.camera import generate_video_trajectory
 from gen3c_dist.geometry.cache4d import Cache4D
 from gen3c_dist.parallel.comm_counter import CommCounter
 from gen3c_dist.parallel.render_parallel import HEADER_FIELDS, plan_render_ranges, render_distributed
-from tests.video_utils import small_video
+from tests.video_utils import small_video_tensors
 
 T, H, W = 11, 24, 32
 # name -> (filter threshold, foreground masking, start frame, chunk frames); odd chunks leave a half pair
@@ -31,10 +31,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # the gloo ranks run one 
 
 @functools.lru_cache(maxsize=None)
 def _video() -> dict[str, torch.Tensor]:
-    v = small_video(T, H, W)
-    return {"frames": torch.from_numpy(v["frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1,
-            "depth": torch.from_numpy(v["depth"])[:, None], "mask": torch.from_numpy(v["mask"]).float()[:, None],
-            "w2c": torch.from_numpy(v["w2c"]), "K": torch.from_numpy(v["intrinsics"])}
+    return small_video_tensors(T, H, W)
 
 
 def _cache(name: str) -> Cache4D:

@@ -151,7 +151,7 @@ def test_ctrl_c_stops_every_rank_within_3_s_and_says_what_was_kept(tmp_path: Pat
         assert not [p for p in os.listdir(out) if ".tmp-" in p], os.listdir(out)
 
 
-@pytest.mark.parametrize("nproc, failing_rank, stage", [(2, 1, "denoise"), (3, 2, "conditioning")])
+@pytest.mark.parametrize("nproc, failing_rank, stage", [(3, 2, "denoise")])  # two peers, neither the lead
 def test_a_bug_keeps_its_traceback_and_torchrun_names_the_failing_rank(tmp_path: Path, nproc: int,
                                                                        failing_rank: int, stage: str):
     """Not a bad input but a bug (a RuntimeError on a rank other than 0): its traceback is printed, each peer

@@ -32,6 +32,14 @@ def small_video(num_frames: int = T, height: int = H, width: int = W) -> dict[st
     return video
 
 
+def small_video_tensors(num_frames: int = T, height: int = H, width: int = W) -> dict[str, torch.Tensor]:
+    """:func:`small_video` as Cache4D takes it: frames [T,3,H,W] in [-1, 1], depth and mask [T,1,H,W], w2c, K."""
+    v = small_video(num_frames, height, width)
+    return {"frames": torch.from_numpy(v["frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1,
+            "depth": torch.from_numpy(v["depth"])[:, None], "mask": torch.from_numpy(v["mask"]).float()[:, None],
+            "w2c": torch.from_numpy(v["w2c"]), "K": torch.from_numpy(v["intrinsics"])}
+
+
 def write_directory(folder: Path, video: Optional[dict] = None, **replace: dict) -> Path:
     """rgb.mp4, depth.npz, mask.npz, camera.npz; ``replace={'camera.npz': {...}}`` swaps a file's arrays."""
     video = small_video() if video is None else video
