@@ -114,18 +114,6 @@ def spy_on_chunks(monkeypatch: pytest.MonkeyPatch) -> dict[int, SpiedChunk]:
     return seen
 
 
-def crash_on_chunk(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    """Make the conditioner raise when it reaches ``chunk`` (a crash after the chunks before it completed)."""
-    original = VideoConditioner.advance
-
-    def crash(self, chunk_index, last_frame):
-        if chunk_index == chunk:
-            raise RuntimeError(f"simulated crash before chunk {chunk}")
-        return original(self, chunk_index, last_frame)
-
-    monkeypatch.setattr(VideoConditioner, "advance", crash)
-
-
 def assert_one_line_refusal(result, message: str, *, ranks: int = 1) -> None:
     """Exit 2 on every rank, one error line per rank with the message, no traceback from the runner, and nothing
     after validation (no layout line, no random-weights warning: no model was loaded).

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from gen3c_dist.conditioning.video_conditioner import VideoConditioner
 from gen3c_dist.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +50,15 @@ def run_cli(args: list[str], *, nproc: int = 1, timeout: float = 300, env: dict 
         ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def crash_on_chunk(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Make the conditioner raise when it reaches ``chunk`` (a crash after the chunks before it completed)."""
+    original = VideoConditioner.advance
+
+    def crash(self, chunk_index, last_frame):
+        if chunk_index == chunk:
+            raise RuntimeError(f"simulated crash before chunk {chunk}")
+        return original(self, chunk_index, last_frame)
+
+    monkeypatch.setattr(VideoConditioner, "advance", crash)

@@ -15,7 +15,7 @@ from gen3c_dist.errors import InputError
 from gen3c_dist.runner.fingerprint import checkpoint_identity, content_digest, video_fingerprint
 from gen3c_dist.runner.jobs import single_job
 from gen3c_dist.runner.session import run_session
-from tests.runner_utils import FAST_DEMO, compose, run_cli
+from tests.runner_utils import FAST_DEMO, compose, crash_on_chunk, run_cli
 
 HOW_ON = "; to keep it, choose a new output.name; to replace it, add output.overwrite=true"
 
@@ -109,17 +109,10 @@ def test_a_changed_input_file_is_refused_and_a_moved_one_is_not(made: Path, tmp_
 
 
 def test_a_partial_run_resumes_across_layouts_and_is_refused_with_another_seed(tmp_path: Path, monkeypatch):
-    original = VideoConditioner.advance
-
-    def crash(self, chunk_index, last_frame):
-        if chunk_index == 1:
-            raise RuntimeError("simulated crash after the first chunk")
-        return original(self, chunk_index, last_frame)
-
-    monkeypatch.setattr(VideoConditioner, "advance", crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_session(demo(tmp_path, "input.num_frames=241"))
-    monkeypatch.setattr(VideoConditioner, "advance", original)
+    with monkeypatch.context() as patch:
+        crash_on_chunk(patch, 1)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_session(demo(tmp_path, "input.num_frames=241"))
     with monkeypatch.context() as patch:
         no_models(patch)
         with pytest.raises(InputError) as err:

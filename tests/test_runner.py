@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from gen3c_dist.conditioning.video_conditioner import VideoConditioner
 from gen3c_dist.runner.session import run_session
-from tests.runner_utils import FAST_DEMO, REPO, compose, run_cli
+from tests.runner_utils import FAST_DEMO, REPO, compose, crash_on_chunk, run_cli
 
 
 def demo_config(tmp_path: Path, *extra: str):
@@ -61,21 +61,14 @@ def test_241_frames_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: P
     assert run_session(demo_config(whole, "input.num_frames=241", "output.save_latents=true")) == 0
     assert iio.imread(whole / "demo.mp4").shape[0] == 241
 
-    original_advance = VideoConditioner.advance
-
-    def crash_on_second_chunk(self, chunk_index, last_frame):
-        if chunk_index == 1:
-            raise RuntimeError("simulated crash after the first chunk")
-        return original_advance(self, chunk_index, last_frame)
-
-    monkeypatch.setattr(VideoConditioner, "advance", crash_on_second_chunk)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_session(demo_config(crashed, "input.num_frames=241", "output.save_latents=true"))
+    with monkeypatch.context() as patch:
+        crash_on_chunk(patch, 1)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_session(demo_config(crashed, "input.num_frames=241", "output.save_latents=true"))
     assert (crashed / "demo.partial" / "state.safetensors").exists() and not (crashed / "demo.mp4").exists()
     assert (crashed / "demo.partial" / "chunk0.safetensors").exists()  # one file per chunk, not a growing snapshot
     assert not list(crashed.glob(".*tmp*"))  # the aborted mp4 streams left nothing behind
 
-    monkeypatch.setattr(VideoConditioner, "advance", original_advance)
     assert run_session(demo_config(crashed, "input.num_frames=241", "output.save_latents=true")) == 0
     a, b = load_file(str(whole / "demo_latents.safetensors")), load_file(str(crashed / "demo_latents.safetensors"))
     assert set(a) == {"chunk0", "chunk1"}

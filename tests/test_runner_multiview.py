@@ -16,9 +16,9 @@ from gen3c_dist.conditioning.multiview_inputs import load_multiview
 from gen3c_dist.errors import InputError
 from gen3c_dist.runner.session import run_session
 from tests.mode_utils import (HEIGHT, WIDTH, assert_latents_match, assert_one_line_refusal, cli_latents,
-                              crash_on_chunk, max_relative_difference, multiview_args, multiview_arrays, spy_on_chunks,
+                              max_relative_difference, multiview_args, multiview_arrays, spy_on_chunks,
                               video_args, write_key_frame_folder, write_multiview_npz)
-from tests.runner_utils import FAST_DEMO, compose, run_cli
+from tests.runner_utils import FAST_DEMO, compose, crash_on_chunk, run_cli
 
 
 def multiview_config(out: Path, npz: Path, *extra: str):

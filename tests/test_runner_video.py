@@ -20,8 +20,8 @@ from gen3c_dist.runner.jobs import VideoJob, parse_batch_line
 from gen3c_dist.runner.models import needs_moge
 from gen3c_dist.runner.session import run_session
 from tests.mode_utils import (HEIGHT, LONG, WIDTH, assert_latents_match, assert_one_line_refusal, cli_latents,
-                              crash_on_chunk, spy_on_chunks, video_args, write_video_source)
-from tests.runner_utils import FAST_DEMO, compose, run_cli
+                              spy_on_chunks, video_args, write_video_source)
+from tests.runner_utils import FAST_DEMO, compose, crash_on_chunk, run_cli
 from tests.video_utils import small_video, write_vipe
 
 LONG_RUN = ("input.num_frames=241", "cache.foreground_masking=true")  # masking works past chunk 0 (issue 14)
