@@ -20,6 +20,7 @@ Bad inputs and Ctrl-C are not bugs: they print their one line and write no recor
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Callable, Optional, TypeVar
@@ -36,12 +37,13 @@ F = TypeVar("F", bound=Callable)
 def write_error_record(exc: BaseException) -> Optional[int]:
     """Write ``exc`` (call inside its ``except``: the traceback is the current one) to this rank's torchrun
     error file, once; returns the record's whole-second timestamp, or None when not under torchrun."""
-    if not os.environ.get(ERROR_FILE_ENV) or getattr(exc, _RECORDED, False):
+    path = os.environ.get(ERROR_FILE_ENV)
+    if not path or getattr(exc, _RECORDED, False):
         return None
-    stamp = int(time.time())
     ErrorHandler().record_exception(exc)  # torch's own format, which the launcher reads back
     setattr(exc, _RECORDED, True)
-    return stamp
+    with open(path) as handle:  # the second the launcher will compare, as written (not a second clock reading)
+        return int(json.load(handle)["message"]["extraInfo"]["timestamp"])
 
 
 def publish_record_time(store: dist.Store, stamp: Optional[int]) -> None:
